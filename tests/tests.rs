@@ -1,0 +1,1 @@
+//! Integration tests: drive the real `larder` binary and real clients.
