@@ -1,1 +1,19 @@
-//! Integration tests: drive the real `larder` binary and real clients.
+//! Integration tests: drive the real `larder` binary and real clients (Nix 2.8, plain
+//! HTTP, larder's own CLI), each test against its own server in its own temp dir.
+//!
+//! Run one with `cargo test --test tests -- NAME`; `tests/run.sh` installs what they
+//! need and runs everything.
+
+// A panic is how a test fails; the lint against unwrap/expect is for server code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod auth;
+mod bad_input;
+mod cli;
+mod dedup;
+mod durability;
+mod harness;
+mod side_files;
+mod substitution;

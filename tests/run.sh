@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what larder's tests need (Debian/Ubuntu, apt) and runs every check:
+# formatting, clippy, the unit tests in src/ and the integration tests in tests/.
+# Safe to run again: it installs only what is missing.
+#
+#   bash tests/run.sh                 # everything
+#   bash tests/run.sh -- NAME         # only integration tests whose name contains NAME
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Debian packages the tests use: Nix 2.8 as the real client, curl for poking at a
+# server by hand, shellcheck for the scripts.
+packages=(nix-bin curl ca-certificates shellcheck)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo_cmd=(sudo)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo_cmd[@]}" apt-get update -q
+    "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# rustfmt and clippy ship as rustup components; add them when absent.
+for component in rustfmt clippy; do
+    tool="cargo-fmt"
+    [ "$component" = clippy ] && tool="cargo-clippy"
+    if ! command -v "$tool" >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+        rustup component add "$component"
+    fi
+done
+
+nix --version
+cargo --version
+
+# The tests set their own Nix configuration per command (NIX_CONFIG, private
+# stores); a daemon socket from the environment would bypass it.
+unset NIX_REMOTE
+
+if [ "${1:-}" = "--" ]; then
+    shift
+    exec cargo test --test tests -- "$@"
+fi
+
+echo "== shellcheck"
+shellcheck tests/run.sh .ci/run
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+start=$(date +%s)
+cargo test --all-targets --locked
+echo "== tests took $(( $(date +%s) - start )) s"
