@@ -1,1 +1,191 @@
-//! auth (being written).
+//! Who is calling, and what they may do.
+//!
+//! The HTTP edge extracts a token (Bearer in any case, or the Basic password with
+//! any user, which is what a Nix netrc sends) and asks an [`Authenticator`] for a
+//! [`Caller`]. Services then ask the caller about one cache and one
+//! [`Permission`]. The bootstrap admin token is one authenticator; scoped tokens
+//! plug in as another without changing callers.
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+/// The seven permissions, as in Attic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Permission {
+    Pull,
+    Push,
+    Delete,
+    CreateCache,
+    ConfigureCache,
+    ConfigureCacheRetention,
+    DestroyCache,
+}
+
+impl Permission {
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Pull => "pull",
+            Permission::Push => "push",
+            Permission::Delete => "delete",
+            Permission::CreateCache => "create-cache",
+            Permission::ConfigureCache => "configure-cache",
+            Permission::ConfigureCacheRetention => "configure-cache-retention",
+            Permission::DestroyCache => "destroy-cache",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// No token was sent.
+    Anonymous,
+    /// The bootstrap admin token: every permission on every cache, and server
+    /// administration (stats, verify).
+    Admin,
+}
+
+impl Caller {
+    /// Whether the caller holds `perm` on the cache named `cache`.
+    pub fn can(&self, _cache: &str, _perm: Permission) -> bool {
+        matches!(self, Caller::Admin)
+    }
+
+    /// Whether the caller holds any permission at all on `cache` (used so that a
+    /// caller with none cannot tell a private cache from a missing one).
+    pub fn has_any(&self, _cache: &str) -> bool {
+        matches!(self, Caller::Admin)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin)
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Caller::Anonymous)
+    }
+}
+
+/// Why a presented token was refused. Never downgraded to anonymous.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("invalid token")]
+    Invalid,
+}
+
+/// Turns a presented token into a caller.
+pub trait Authenticator: Send + Sync {
+    fn authenticate(&self, token: Option<&str>) -> Result<Caller, AuthError>;
+}
+
+/// Accepts exactly the bootstrap admin token.
+pub struct AdminToken {
+    token: String,
+}
+
+impl AdminToken {
+    pub fn new(token: String) -> Arc<Self> {
+        Arc::new(Self { token })
+    }
+}
+
+impl Authenticator for AdminToken {
+    fn authenticate(&self, token: Option<&str>) -> Result<Caller, AuthError> {
+        match token {
+            None => Ok(Caller::Anonymous),
+            Some(t) if bool::from(t.as_bytes().ct_eq(self.token.as_bytes())) => Ok(Caller::Admin),
+            Some(_) => Err(AuthError::Invalid),
+        }
+    }
+}
+
+/// Extract a token from an `Authorization` header value: `Bearer <t>` (any case)
+/// or `Basic base64(user:t)` with any user. `Ok(None)` when there is no header;
+/// an unreadable header is an error rather than anonymous.
+pub fn token_from_header(value: Option<&[u8]>) -> Result<Option<String>, AuthError> {
+    use base64::Engine;
+    let Some(raw) = value else {
+        return Ok(None);
+    };
+    let s = std::str::from_utf8(raw)
+        .map_err(|_| AuthError::Invalid)?
+        .trim();
+    let (scheme, rest) = s.split_once(' ').ok_or(AuthError::Invalid)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if rest.is_empty() {
+            return Err(AuthError::Invalid);
+        }
+        return Ok(Some(rest.to_owned()));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| AuthError::Invalid)?;
+        let text = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
+        let (_, password) = text.split_once(':').ok_or(AuthError::Invalid)?;
+        if password.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(password.to_owned()));
+    }
+    Err(AuthError::Invalid)
+}
+
+/// A fresh random token: 32 bytes, URL-safe base64.
+pub fn generate_token() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn header_forms() {
+        assert_eq!(token_from_header(None), Ok(None));
+        assert_eq!(
+            token_from_header(Some(b"bearer abc")),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            token_from_header(Some(b"BEARER abc")),
+            Ok(Some("abc".into()))
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode(":tok");
+        assert_eq!(
+            token_from_header(Some(format!("Basic {basic}").as_bytes())),
+            Ok(Some("tok".into()))
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode("anyone:tok");
+        assert_eq!(
+            token_from_header(Some(format!("basic {basic}").as_bytes())),
+            Ok(Some("tok".into()))
+        );
+        assert_eq!(
+            token_from_header(Some(b"Digest x")),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            token_from_header(Some(b"Basic !!!")),
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[test]
+    fn admin_token() {
+        let a = AdminToken::new("s3cret".into());
+        assert!(a.authenticate(Some("s3cret")).unwrap().is_admin());
+        assert!(a.authenticate(None).unwrap().is_anonymous());
+        assert_eq!(
+            a.authenticate(Some("nope")).unwrap_err(),
+            AuthError::Invalid
+        );
+    }
+}

@@ -70,7 +70,7 @@ impl Index {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(CHUNKS)?;
         ids.iter()
-            .map(|id| Ok(table.get(id)?.map(|v| decode(&v.value()))))
+            .map(|id| Ok(table.get(id)?.map(|v| decode(v.value()))))
             .collect()
     }
 
@@ -85,7 +85,7 @@ impl Index {
             let mut stats = tx.open_table(STATS)?;
             let (mut n, mut fb, mut rb) = (0u64, 0u64, 0u64);
             for (id, loc) in entries {
-                let old = table.insert(id, &encode(loc))?.map(|v| decode(&v.value()));
+                let old = table.insert(id, &encode(loc))?.map(|v| decode(v.value()));
                 if let Some(old) = old {
                     fb = fb.wrapping_sub(u64::from(old.frame_len));
                     rb = rb.wrapping_sub(u64::from(old.raw_len));
@@ -110,7 +110,7 @@ impl Index {
             let mut stats = tx.open_table(STATS)?;
             let (mut n, mut fb, mut rb) = (0u64, 0u64, 0u64);
             for id in ids {
-                if let Some(old) = table.remove(id)?.map(|v| decode(&v.value())) {
+                if let Some(old) = table.remove(id)?.map(|v| decode(v.value())) {
                     n += 1;
                     fb += u64::from(old.frame_len);
                     rb += u64::from(old.raw_len);
@@ -140,11 +140,7 @@ impl Index {
 }
 
 /// Add a (wrapping, so negative deltas work) delta to a running total.
-fn add_stat(
-    stats: &mut redb::Table<&str, u64>,
-    key: &str,
-    delta: u64,
-) -> Result<(), StoreError> {
+fn add_stat(stats: &mut redb::Table<&str, u64>, key: &str, delta: u64) -> Result<(), StoreError> {
     let cur = stats.get(key)?.map(|v| v.value()).unwrap_or(0);
     stats.insert(key, cur.wrapping_add(delta))?;
     Ok(())
@@ -166,7 +162,10 @@ mod tests {
         };
         idx.insert(&[([1; 32], loc), ([1; 32], loc), ([2; 32], loc)])
             .unwrap();
-        assert_eq!(idx.get_many(&[[1; 32], [3; 32]]).unwrap(), vec![Some(loc), None]);
+        assert_eq!(
+            idx.get_many(&[[1; 32], [3; 32]]).unwrap(),
+            vec![Some(loc), None]
+        );
         let s = idx.stats().unwrap();
         assert_eq!((s.chunks, s.frame_bytes, s.raw_bytes), (2, 20, 40));
         idx.remove(&[[1; 32]]).unwrap();

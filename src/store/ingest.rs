@@ -139,8 +139,10 @@ struct Upload<'s> {
 
 impl Upload<'_> {
     fn resolve(&mut self, batch: &[RawChunk]) -> Result<Vec<Location>, StoreError> {
-        let mut out: Vec<Option<Location>> =
-            batch.iter().map(|c| self.known.get(&c.id).copied()).collect();
+        let mut out: Vec<Option<Location>> = batch
+            .iter()
+            .map(|c| self.known.get(&c.id).copied())
+            .collect();
         loop {
             let open: Vec<usize> = (0..batch.len()).filter(|&i| out[i].is_none()).collect();
             if open.is_empty() {
@@ -151,9 +153,13 @@ impl Upload<'_> {
             let mut mine: Vec<usize> = Vec::new();
             let mut others: Vec<usize> = Vec::new();
             for (&i, found) in open.iter().zip(indexed) {
+                // An indexed chunk whose pack is gone is stored again: that is how
+                // a re-push repairs a damaged path.
                 if let Some(loc) = found {
-                    out[i] = Some(loc);
-                    continue;
+                    if self.store.backend.check(&batch[i].id, &loc).is_ok() {
+                        out[i] = Some(loc);
+                        continue;
+                    }
                 }
                 if let Some(loc) = self.known.get(&batch[i].id) {
                     out[i] = Some(*loc);
@@ -292,12 +298,8 @@ fn chunk_stream<R: Read>(
     source: R,
     tx: &crossbeam_channel::Sender<Vec<RawChunk>>,
 ) -> Result<(), StoreError> {
-    let cdc = fastcdc::v2020::StreamCDC::new(
-        source,
-        CHUNK_MIN_BYTES,
-        CHUNK_AVG_BYTES,
-        CHUNK_MAX_BYTES,
-    );
+    let cdc =
+        fastcdc::v2020::StreamCDC::new(source, CHUNK_MIN_BYTES, CHUNK_AVG_BYTES, CHUNK_MAX_BYTES);
     let mut batch = Vec::with_capacity(BATCH_CHUNKS);
     for chunk in cdc {
         let chunk = chunk.map_err(|e| match e {
@@ -361,7 +363,9 @@ mod tests {
         let store = ChunkStore::open_local(dir.path(), 3).unwrap();
         let bytes = data(4_000_000, 11);
         let outcomes: Vec<IngestOutcome> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| store.ingest(&bytes[..]).unwrap())).collect();
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| store.ingest(&bytes[..]).unwrap()))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let stored: u64 = outcomes.iter().map(|o| o.new_chunks).sum();

@@ -46,7 +46,7 @@ impl Manifest {
 
     /// Decode; `None` when the blob is not a whole number of entries.
     pub fn decode(blob: &[u8]) -> Option<Self> {
-        if blob.len() % ENTRY_BYTES != 0 {
+        if !blob.len().is_multiple_of(ENTRY_BYTES) {
             return None;
         }
         let chunks = blob

@@ -23,10 +23,10 @@ pub use backend::{Backend, Frame, Location};
 pub use chunker::{CHUNK_AVG_BYTES, CHUNK_MAX_BYTES, CHUNK_MIN_BYTES};
 pub use error::StoreError;
 pub use index::IndexStats;
+pub use ingest::IngestOutcome;
 pub use manifest::{ChunkId, ChunkRef, Manifest};
 pub use pack::PackBackend;
 pub use read::{FrameSpan, ResolvedNar};
-pub use ingest::IngestOutcome;
 
 use std::path::Path;
 use std::sync::Arc;

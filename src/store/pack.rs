@@ -121,12 +121,7 @@ impl PackBackend {
     }
 
     fn file(&self, id: u32) -> Result<Arc<File>, StoreError> {
-        if let Some(f) = self
-            .files
-            .read()
-            .map_err(|_| lock_poisoned())?
-            .get(&id)
-        {
+        if let Some(f) = self.files.read().map_err(|_| lock_poisoned())?.get(&id) {
             return Ok(f.clone());
         }
         let path = self.path(id);
@@ -241,7 +236,8 @@ impl Backend for PackBackend {
     fn sync(&self, segments: &[u32]) -> Result<(), StoreError> {
         for &id in segments {
             let f = self.file(id)?;
-            f.sync_data().map_err(|e| StoreError::io(&self.path(id), e))?;
+            f.sync_data()
+                .map_err(|e| StoreError::io(&self.path(id), e))?;
         }
         Ok(())
     }
@@ -262,7 +258,9 @@ impl Backend for PackBackend {
                 end += record_len(l);
                 j += 1;
             }
-            let file = self.file(first.segment).map_err(|_| StoreError::Missing(items[i].0))?;
+            let file = self
+                .file(first.segment)
+                .map_err(|_| StoreError::Missing(items[i].0))?;
             let len = usize::try_from(end - first.offset)
                 .map_err(|_| StoreError::Index("span too large".into()))?;
             let mut buf = vec![0u8; len];
@@ -291,7 +289,9 @@ impl Backend for PackBackend {
     }
 
     fn check(&self, id: &ChunkId, loc: &Location) -> Result<(), StoreError> {
-        let file = self.file(loc.segment).map_err(|_| StoreError::Missing(*id))?;
+        let file = self
+            .file(loc.segment)
+            .map_err(|_| StoreError::Missing(*id))?;
         let len = file
             .metadata()
             .map_err(|e| StoreError::io(&self.path(loc.segment), e))?
@@ -315,8 +315,16 @@ mod tests {
         let c = [2u8; 32];
         let locs = b
             .append(&[
-                Frame { id: &a, raw_len: 3, bytes: b"abc" },
-                Frame { id: &c, raw_len: 4, bytes: b"defg" },
+                Frame {
+                    id: &a,
+                    raw_len: 3,
+                    bytes: b"abc",
+                },
+                Frame {
+                    id: &c,
+                    raw_len: 4,
+                    bytes: b"defg",
+                },
             ])
             .unwrap();
         b.sync(&[locs[0].segment]).unwrap();
@@ -343,11 +351,19 @@ mod tests {
         let a = [1u8; 32];
         let first = PackBackend::open(dir.path())
             .unwrap()
-            .append(&[Frame { id: &a, raw_len: 1, bytes: b"x" }])
+            .append(&[Frame {
+                id: &a,
+                raw_len: 1,
+                bytes: b"x",
+            }])
             .unwrap();
         let second = PackBackend::open(dir.path())
             .unwrap()
-            .append(&[Frame { id: &a, raw_len: 1, bytes: b"x" }])
+            .append(&[Frame {
+                id: &a,
+                raw_len: 1,
+                bytes: b"x",
+            }])
             .unwrap();
         assert!(second[0].segment > first[0].segment);
     }

@@ -22,7 +22,10 @@ pub struct ResolvedNar {
 impl ResolvedNar {
     /// Length of the concatenated frames.
     pub fn frames_len(&self) -> u64 {
-        self.spans.iter().map(|s| u64::from(s.chunk.frame_len)).sum()
+        self.spans
+            .iter()
+            .map(|s| u64::from(s.chunk.frame_len))
+            .sum()
     }
 }
 

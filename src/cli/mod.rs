@@ -1,0 +1,363 @@
+//! Command-line interface: `serve`, cache management, `stats` and `verify`.
+//!
+//! Management commands run against a server (`--server URL --token TOKEN`, or
+//! `LARDER_SERVER`/`LARDER_TOKEN`) or directly on a data dir (`--data-dir`), with
+//! the same service code behind both.
+
+mod remote;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+
+use larder::auth::{AdminToken, Caller};
+use larder::config::{Config, FileConfig};
+use larder::service::{
+    CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, Larder, RetentionPeriod, Stats,
+    VerifyReport,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "larder",
+    version,
+    about = "A private Nix binary cache in one binary"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(serve::ServeArgs),
+    /// Manage caches.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Show chunk store and metadata totals.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every stored NAR against its NarHash; exits 1 when damage is found.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a management command acts: a server, or a data dir.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Target {
+    /// Server base URL (remote mode).
+    #[arg(long, env = "LARDER_SERVER", global = true)]
+    server: Option<String>,
+    /// Token for the server.
+    #[arg(long, env = "LARDER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Data dir (local mode, when no --server).
+    #[arg(long, env = "LARDER_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Config file (local mode).
+    #[arg(long, env = "LARDER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Create a cache with a fresh signing key.
+    Create {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        /// Anyone may pull without a token.
+        #[arg(long)]
+        public: bool,
+        #[arg(long, default_value_t = 41)]
+        priority: i32,
+        #[arg(long, default_value = "/nix/store")]
+        store_dir: String,
+        /// Paths signed by these keys are not pushed (repeatable).
+        #[arg(long = "upstream-cache-key-name", default_values_t = vec!["cache.nixos.org-1".to_string()])]
+        upstream_cache_key_names: Vec<String>,
+    },
+    /// List caches.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a cache's public key and substituter URL.
+    Info {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a cache's settings.
+    Configure {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, conflicts_with = "private")]
+        public: bool,
+        #[arg(long)]
+        private: bool,
+        #[arg(long)]
+        priority: Option<i32>,
+        #[arg(long)]
+        store_dir: Option<String>,
+        #[arg(long = "upstream-cache-key-name")]
+        upstream_cache_key_names: Vec<String>,
+        /// Seconds, or "global".
+        #[arg(long)]
+        retention_period: Option<String>,
+        #[arg(long)]
+        regenerate_keypair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a cache and its paths.
+    Destroy {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// A management session: remote over HTTP, or local on a data dir.
+enum Session {
+    Remote(remote::Client),
+    Local(Box<Larder>),
+}
+
+impl Target {
+    fn session(&self, needs_store: bool) -> anyhow::Result<Session> {
+        if let Some(server) = &self.server {
+            return Ok(Session::Remote(remote::Client::new(
+                server,
+                self.token.clone(),
+            )));
+        }
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let config = Config::resolve(file, self.data_dir.clone(), None)?;
+        if !config.data_dir.join("larder.db").exists() {
+            bail!(
+                "no larder data in {} (start `larder serve` once, or pass --server URL --token TOKEN)",
+                config.data_dir.display()
+            );
+        }
+        let base = config.base_url();
+        let auth = AdminToken::new(String::new());
+        let larder = if needs_store {
+            Larder::open(config, base, auth)
+        } else {
+            Larder::open_meta_only(config, base, auth)
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Session::Local(Box::new(larder)))
+    }
+}
+
+fn svc<T>(r: Result<T, larder::service::ServiceError>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn print_config(name: &str, c: &CacheConfig, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(c)?);
+        return Ok(());
+    }
+    let retention = match c.retention_period {
+        RetentionPeriod::Global => "Global".to_owned(),
+        RetentionPeriod::Period(n) => format!("{n} seconds"),
+    };
+    println!("               Cache: {name}");
+    println!("              Public: {}", c.is_public);
+    println!("          Public Key: {}", c.public_key);
+    println!("Binary Cache Endpoint: {}", c.substituter_endpoint);
+    println!("        API Endpoint: {}", c.api_endpoint);
+    println!("     Store Directory: {}", c.store_dir);
+    println!("            Priority: {}", c.priority);
+    println!(" Upstream Cache Keys: {:?}", c.upstream_cache_key_names);
+    println!("    Retention Period: {retention}");
+    println!();
+    println!("nix.conf lines for this cache:");
+    println!("  extra-substituters = {}", c.substituter_endpoint);
+    println!("  extra-trusted-public-keys = {}", c.public_key);
+    Ok(())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let admin = Caller::Admin;
+    match args.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Cache(cmd) => {
+            match cmd {
+                CacheCommand::Create {
+                    name,
+                    target,
+                    public,
+                    priority,
+                    store_dir,
+                    upstream_cache_key_names,
+                } => {
+                    let req = CacheCreate {
+                        keypair: KeypairSpec::Generate,
+                        is_public: public,
+                        store_dir,
+                        priority,
+                        upstream_cache_key_names,
+                    };
+                    let cfg = match target.session(false)? {
+                        Session::Remote(c) => c.create_cache(&name, &req)?,
+                        Session::Local(l) => svc(l.create_cache(&admin, &name, &req))?,
+                    };
+                    println!("created cache {name}");
+                    print_config(&name, &cfg, false)?;
+                }
+                CacheCommand::List { target, json } => {
+                    let list: Vec<(String, CacheConfig)> = match target.session(false)? {
+                        Session::Remote(c) => c.list_caches()?,
+                        Session::Local(l) => svc(l.list_caches(&admin))?,
+                    };
+                    if json {
+                        let v: Vec<serde_json::Value> = list
+                            .iter()
+                            .map(|(n, c)| {
+                                let mut v = serde_json::to_value(c)?;
+                                if let Some(o) = v.as_object_mut() {
+                                    o.insert("name".into(), serde_json::Value::String(n.clone()));
+                                }
+                                Ok(v)
+                            })
+                            .collect::<Result<_, serde_json::Error>>()?;
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        for (n, c) in &list {
+                            println!(
+                                "{n}\t{}\t{}",
+                                if c.is_public { "public" } else { "private" },
+                                c.substituter_endpoint
+                            );
+                        }
+                    }
+                }
+                CacheCommand::Info { name, target, json } => {
+                    let cfg = match target.session(false)? {
+                        Session::Remote(c) => c.cache_config(&name)?,
+                        Session::Local(l) => svc(l.cache_config(&admin, &name))?,
+                    };
+                    print_config(&name, &cfg, json)?;
+                }
+                CacheCommand::Configure {
+                    name,
+                    target,
+                    public,
+                    private,
+                    priority,
+                    store_dir,
+                    upstream_cache_key_names,
+                    retention_period,
+                    regenerate_keypair,
+                    json,
+                } => {
+                    let retention_period = match retention_period.as_deref() {
+                        None => None,
+                        Some(s) if s.eq_ignore_ascii_case("global") => {
+                            Some(RetentionPeriod::Global)
+                        }
+                        Some(s) => Some(RetentionPeriod::Period(s.parse().with_context(|| {
+                            format!("--retention-period {s:?}: seconds or \"global\"")
+                        })?)),
+                    };
+                    let patch = CacheConfigPatch {
+                        keypair: regenerate_keypair.then_some(KeypairSpec::Generate),
+                        is_public: if public {
+                            Some(true)
+                        } else if private {
+                            Some(false)
+                        } else {
+                            None
+                        },
+                        store_dir,
+                        priority,
+                        upstream_cache_key_names: (!upstream_cache_key_names.is_empty())
+                            .then_some(upstream_cache_key_names),
+                        retention_period,
+                    };
+                    let cfg = match target.session(false)? {
+                        Session::Remote(c) => c.configure_cache(&name, &patch)?,
+                        Session::Local(l) => svc(l.configure_cache(&admin, &name, &patch))?,
+                    };
+                    print_config(&name, &cfg, json)?;
+                }
+                CacheCommand::Destroy { name, target } => {
+                    match target.session(false)? {
+                        Session::Remote(c) => c.destroy_cache(&name)?,
+                        Session::Local(l) => svc(l.destroy_cache(&admin, &name))?,
+                    }
+                    println!("destroyed cache {name}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { target, json } => {
+            let stats: Stats = match target.session(true)? {
+                Session::Remote(c) => c.stats()?,
+                Session::Local(l) => svc(l.stats(&admin))?,
+            };
+            if json {
+                println!("{}", serde_json::to_string(&stats)?);
+            } else {
+                println!("chunks:                   {}", stats.chunks);
+                println!("chunk bytes (stored):     {}", stats.chunk_bytes);
+                println!(
+                    "chunk bytes (raw):        {}",
+                    stats.chunk_bytes_uncompressed
+                );
+                println!("NARs:                     {}", stats.nars);
+                println!("store paths:              {}", stats.store_paths);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { target, json } => {
+            let report: VerifyReport = match target.session(true)? {
+                Session::Remote(c) => c.verify()?,
+                Session::Local(l) => svc(l.verify(&admin))?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for d in &report.damaged {
+                    println!(
+                        "damaged: {} (cache {}): {}",
+                        d.store_path, d.cache, d.reason
+                    );
+                }
+                println!(
+                    "checked {} NARs: {} damaged",
+                    report.nars_checked, report.nars_damaged
+                );
+            }
+            Ok(if report.nars_damaged == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `larder serve`: bootstrap the data dir and run the server.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use larder::auth::{generate_token, AdminToken};
+use larder::config::{Config, FileConfig};
+use larder::service::Larder;
+
+/// How often staged NARs without a narinfo are looked for.
+const STAGED_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "LARDER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: $XDG_DATA_HOME/larder].
+    #[arg(long, env = "LARDER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "LARDER_LISTEN")]
+    listen: Option<String>,
+}
+
+/// Read the admin token, creating it (0600) on first start. Returns the token
+/// and whether it was just created.
+fn admin_token(dir: &Path) -> anyhow::Result<(String, bool)> {
+    let path = dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_owned(), false)),
+        Ok(_) => anyhow::bail!(
+            "{} is empty; delete it to mint a new admin token",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = generate_token();
+    let tmp = dir.join("admin.token.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok((token, true))
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let file = match &a.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let config = Config::resolve(file, a.data_dir, a.listen)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    let (token, fresh) = admin_token(&config.data_dir)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let base = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let data_dir = config.data_dir.clone();
+        let larder = Arc::new(
+            Larder::open(config, base, AdminToken::new(token.clone()))
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", data_dir.display()))?,
+        );
+        {
+            let mut out = std::io::stdout().lock();
+            if fresh {
+                writeln!(out, "admin token: {token}")?;
+                writeln!(
+                    out,
+                    "(saved to {}; it is not printed again)",
+                    data_dir.join("admin.token").display()
+                )?;
+            }
+            writeln!(out, "larder listening on http://{addr}")?;
+            out.flush()?;
+        }
+        tracing::info!(%addr, data_dir = %data_dir.display(), "larder started");
+
+        let sweeper = larder.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STAGED_SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let l = sweeper.clone();
+                match tokio::task::spawn_blocking(move || l.expire_staged()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(n, "expired staged NARs"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "expiring staged NARs failed"),
+                    _ => {}
+                }
+            }
+        });
+
+        larder::http::serve(listener, larder, shutdown_signal()).await?;
+        tracing::info!("larder stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

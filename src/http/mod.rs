@@ -1,0 +1,133 @@
+//! The HTTP edge: routing, credentials, bodies and status codes. The only module
+//! that imports axum. Handlers parse the request, call one service method (on the
+//! blocking pool when it touches disk), and turn the result into a response.
+
+mod api;
+mod error;
+mod nix;
+mod path;
+
+pub use error::ApiError;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use http_body_util::BodyExt;
+
+use crate::auth::{token_from_header, Caller};
+use crate::service::{Larder, ServiceError};
+
+/// The full router.
+pub fn router(larder: Arc<Larder>) -> Router {
+    let limit = larder.config.max_small_body;
+    Router::new()
+        .route("/_health", get(|| async { "ok\n" }))
+        .route(
+            "/_api/v1/cache-config/{cache}",
+            get(api::get_config)
+                .post(api::create)
+                .patch(api::configure)
+                .delete(api::destroy),
+        )
+        .route("/_api/v1/caches", get(api::list))
+        .route("/_api/v1/stats", get(api::stats))
+        .route("/_api/v1/verify", post(api::verify))
+        .route("/_api/v1/get-missing-paths", post(api::missing_paths))
+        .fallback(nix::handle)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(larder)
+}
+
+/// Serve until `shutdown` resolves. Every accepted socket gets TCP_NODELAY.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    larder: Arc<Larder>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(
+        listener,
+        router(larder).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Who is calling: a presented token must be valid, never silently anonymous.
+pub(crate) fn caller(larder: &Larder, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let raw = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let token =
+        token_from_header(raw).map_err(|e| ApiError(ServiceError::Unauthorized(e.to_string())))?;
+    larder
+        .auth
+        .authenticate(token.as_deref())
+        .map_err(|e| ApiError(ServiceError::Unauthorized(e.to_string())))
+}
+
+/// Run a service call on the blocking pool.
+pub(crate) async fn blocking<T, F>(larder: &Arc<Larder>, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce(&Larder) -> Result<T, ServiceError> + Send + 'static,
+    T: Send + 'static,
+{
+    let l = larder.clone();
+    tokio::task::spawn_blocking(move || f(&l))
+        .await
+        .map_err(|e| ApiError(ServiceError::Internal(format!("task failed: {e}"))))?
+        .map_err(ApiError)
+}
+
+/// The `Content-Encoding` of a request, if any.
+pub(crate) fn content_encoding(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::bad_request("Content-Encoding is not ASCII"))
+        })
+        .transpose()
+}
+
+/// Read a whole small body, refusing one over `limit`.
+pub(crate) async fn read_small_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError(ServiceError::TooLarge(format!(
+            "body is over the {limit}-byte limit"
+        )))
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("reading body: {e}"))),
+    }
+}
+
+/// The address a listener is bound to, for printing.
+pub fn local_addr(l: &tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
+    l.local_addr()
+}

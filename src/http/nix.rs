@@ -1,0 +1,255 @@
+//! The Nix binary cache protocol under `/<cache>/`: one fallback handler that
+//! parses the path into an [`Endpoint`] and dispatches on (method, endpoint).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use super::error::ApiError;
+use super::path::{parse, Endpoint};
+use super::{blocking, caller, content_encoding, read_small_body};
+use crate::service::{ByteRange, Larder, ServiceError, SideKind};
+
+const NARINFO_TYPES: &[&str] = &["text/x-nix-narinfo", "text/plain"];
+const NAR_TYPES: &[&str] = &["application/x-nix-nar", "application/octet-stream"];
+
+fn require_type(headers: &HeaderMap, allowed: &[&str]) -> Result<(), ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let v = v.to_str().unwrap_or("");
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if allowed.contains(&essence.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError(ServiceError::UnsupportedMediaType(format!(
+            "content type {v:?} is not accepted here; use {}",
+            allowed.join(" or ")
+        ))))
+    }
+}
+
+fn text(content_type: &'static str, body: impl Into<bytes::Bytes>, head: bool) -> Response {
+    let body: bytes::Bytes = body.into();
+    let len = body.len();
+    let mut resp = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    });
+    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn ok_empty() -> Response {
+    StatusCode::OK.into_response()
+}
+
+/// Entry point for every path that is not `/_…`.
+pub async fn handle(State(larder): State<Arc<Larder>>, req: Request) -> Response {
+    match dispatch(larder, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(larder: Arc<Larder>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (cache, endpoint) = parse(parts.uri.path())?;
+    let who = caller(&larder, &parts.headers)?;
+    let method = parts.method.clone();
+    let head = method == Method::HEAD;
+    let is_read = method == Method::GET || head;
+    let headers = parts.headers;
+    let limit = larder.config.max_small_body;
+
+    match (&endpoint, is_read, method == Method::PUT) {
+        (Endpoint::CacheInfo, true, _) => {
+            let text_body = blocking(&larder, move |l| l.nix_cache_info(&who, &cache)).await?;
+            Ok(text("text/x-nix-cache-info", text_body, head))
+        }
+        (Endpoint::CacheInfo, _, true) => {
+            // Nix PUTs nix-cache-info when it finds none; larder writes its own.
+            blocking(&larder, move |l| {
+                l.authorize(&who, &cache, crate::auth::Permission::Push)
+                    .map(|_| ())
+            })
+            .await?;
+            Ok(ok_empty())
+        }
+        (Endpoint::AtticCacheInfo, true, _) => {
+            let cfg = blocking(&larder, move |l| l.cache_config(&who, &cache)).await?;
+            Ok(axum::Json(cfg).into_response())
+        }
+        (Endpoint::NarInfo(hash), true, _) => {
+            let hash = hash.clone();
+            let t = blocking(&larder, move |l| l.get_narinfo(&who, &cache, &hash)).await?;
+            Ok(text("text/x-nix-narinfo", t, head))
+        }
+        (Endpoint::NarInfo(hash), _, true) => {
+            require_type(&headers, NARINFO_TYPES)?;
+            let body = read_small_body(&headers, body, limit).await?;
+            let enc = content_encoding(&headers)?;
+            let hash = hash.clone();
+            blocking(&larder, move |l| {
+                l.put_narinfo(&who, &cache, &hash, body, enc.as_deref())
+            })
+            .await?;
+            Ok(ok_empty())
+        }
+        (Endpoint::Nar(file), true, _) => {
+            get_nar(larder, who, cache, file.clone(), &headers, head).await
+        }
+        (Endpoint::Nar(file), _, true) => {
+            require_type(&headers, NAR_TYPES)?;
+            if let Some(len) = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                if len > larder.config.max_nar_bytes {
+                    return Err(ApiError(ServiceError::TooLarge(format!(
+                        "upload of {len} bytes is over the {}-byte limit",
+                        larder.config.max_nar_bytes
+                    ))));
+                }
+            }
+            let rx = pump(body);
+            let file = file.clone();
+            blocking(&larder, move |l| l.put_nar(&who, &cache, &file, rx)).await?;
+            Ok(ok_empty())
+        }
+        (
+            Endpoint::Log(key)
+            | Endpoint::Listing(key)
+            | Endpoint::Realisation(key)
+            | Endpoint::BuildTrace(key),
+            _,
+            _,
+        ) if is_read || method == Method::PUT => {
+            let kind = match endpoint {
+                Endpoint::Log(_) => SideKind::Log,
+                Endpoint::Listing(_) => SideKind::Listing,
+                _ => SideKind::Realisation,
+            };
+            let key = match &endpoint {
+                Endpoint::Realisation(k) => format!("v1/{k}"),
+                Endpoint::BuildTrace(k) => format!("v2/{k}"),
+                _ => key.clone(),
+            };
+            if is_read {
+                let bytes =
+                    blocking(&larder, move |l| l.get_side(&who, &cache, kind, &key)).await?;
+                Ok(text(kind.content_type(), bytes, head))
+            } else {
+                let body = read_small_body(&headers, body, limit).await?;
+                let enc = content_encoding(&headers)?;
+                blocking(&larder, move |l| {
+                    l.put_side(&who, &cache, kind, &key, body, enc.as_deref())
+                })
+                .await?;
+                Ok(ok_empty())
+            }
+        }
+        _ => Ok((
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({
+                "code": 405,
+                "error": "MethodNotAllowed",
+                "message": format!("{method} is not allowed here"),
+            })
+            .to_string(),
+        )
+            .into_response()),
+    }
+}
+
+/// Forward a request body to a blocking consumer, piece by piece.
+fn pump(body: Body) -> crate::service::BodyRx {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(std::io::Error::other);
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn get_nar(
+    larder: Arc<Larder>,
+    who: crate::auth::Caller,
+    cache: String,
+    file: String,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let range = match headers.get(header::RANGE) {
+        Some(v) => ByteRange::parse(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Range is not ASCII"))?,
+        )?,
+        None => None,
+    };
+    let nar = {
+        let larder2 = larder.clone();
+        tokio::task::spawn_blocking(move || larder2.get_nar(&who, &cache, &file, range, head))
+            .await
+            .map_err(|e| ApiError(ServiceError::Internal(e.to_string())))??
+    };
+    let len = nar.end - nar.start;
+    let body = match nar.body {
+        Some(rx) => Body::from_stream(tokio_stream_from(rx)),
+        None => Body::empty(),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = if nar.partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-nix-nar"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    if nar.partial {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "bytes {}-{}/{}",
+            nar.start,
+            nar.end.saturating_sub(1),
+            nar.total_len
+        )) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+fn tokio_stream_from(
+    mut rx: crate::service::NarBody,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

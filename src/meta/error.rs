@@ -1,0 +1,15 @@
+//! The error type of the metadata layer.
+
+/// What can go wrong reading or writing metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// SQLite itself failed (I/O, lock timeout, constraint).
+    #[error("metadata database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value does not decode (a manifest blob, a JSON column).
+    #[error("metadata is damaged: {0}")]
+    Damaged(String),
+    /// The database was written by a newer larder.
+    #[error("metadata schema version {found} is newer than this larder supports ({supported}); upgrade larder")]
+    TooNew { found: i64, supported: i64 },
+}

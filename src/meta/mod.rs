@@ -1,0 +1,112 @@
+//! Relational metadata in SQLite: caches, NARs and their manifests, store paths,
+//! staged uploads, logs, listings and realisations.
+//!
+//! Only this module imports rusqlite. The schema evolves by numbered migrations
+//! (`schema.rs`); a shipped migration is never edited. The database runs in WAL
+//! mode with `synchronous=FULL`, so a committed transaction survives power loss,
+//! and other processes (the `larder` CLI on the same data dir) can read and write
+//! while the server runs.
+
+mod caches;
+mod error;
+mod objects;
+mod schema;
+mod side;
+
+pub use caches::{CacheRow, NewCache};
+pub use error::MetaError;
+pub use objects::{NarRow, ObjectRow, StagedNar};
+
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// Connections kept open for reuse.
+const POOL_MAX: usize = 16;
+/// How long a writer waits for another writer's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The metadata database: a small pool of connections to one SQLite file.
+pub struct Meta {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+}
+
+/// A pooled connection, returned to the pool on drop.
+pub struct Conn<'a> {
+    meta: &'a Meta,
+    conn: Option<Connection>,
+}
+
+impl Deref for Conn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // invariant: `conn` is only taken in `drop`.
+        #[allow(clippy::unwrap_used)]
+        self.conn.as_ref().unwrap()
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        // invariant: `conn` is only taken in `drop`.
+        #[allow(clippy::unwrap_used)]
+        self.conn.as_mut().unwrap()
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let (Some(c), Ok(mut pool)) = (self.conn.take(), self.meta.pool.lock()) {
+            if pool.len() < POOL_MAX {
+                pool.push(c);
+            }
+        }
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, MetaError> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(c)
+}
+
+impl Meta {
+    /// Open (creating and migrating when needed) `<dir>/larder.db`.
+    pub fn open(dir: &Path) -> Result<Self, MetaError> {
+        let path = dir.join("larder.db");
+        let mut c = open_conn(&path)?;
+        schema::migrate(&mut c)?;
+        Ok(Self {
+            path,
+            pool: Mutex::new(vec![c]),
+        })
+    }
+
+    /// A connection from the pool (or a new one).
+    pub fn conn(&self) -> Result<Conn<'_>, MetaError> {
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        Ok(Conn {
+            meta: self,
+            conn: Some(conn),
+        })
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

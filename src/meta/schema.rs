@@ -1,0 +1,85 @@
+//! Numbered migrations. `user_version` holds the number applied last. Append new
+//! migrations; never edit one that has shipped.
+
+use rusqlite::Connection;
+
+use super::MetaError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: caches, NARs, store paths, staged uploads, side files.
+    r#"
+    CREATE TABLE caches (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        is_public INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        store_dir TEXT NOT NULL,
+        signing_key TEXT NOT NULL,
+        upstream_cache_key_names TEXT NOT NULL,
+        retention_period INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE nars (
+        id INTEGER PRIMARY KEY,
+        nar_hash BLOB NOT NULL UNIQUE,
+        nar_size INTEGER NOT NULL,
+        file_size INTEGER NOT NULL,
+        chunk_count INTEGER NOT NULL,
+        manifest BLOB NOT NULL,
+        damaged INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE objects (
+        cache_id INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        path_hash TEXT NOT NULL,
+        store_path TEXT NOT NULL,
+        nar_id INTEGER NOT NULL REFERENCES nars(id),
+        narinfo TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (cache_id, path_hash)
+    ) WITHOUT ROWID;
+    CREATE INDEX objects_by_nar ON objects(nar_id, cache_id);
+    CREATE TABLE staged (
+        cache_id INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        file_name TEXT NOT NULL,
+        nar_hash BLOB NOT NULL,
+        nar_size INTEGER NOT NULL,
+        manifest BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (cache_id, file_name)
+    ) WITHOUT ROWID;
+    CREATE TABLE nar_files (
+        cache_id INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        file_name TEXT NOT NULL,
+        nar_id INTEGER NOT NULL REFERENCES nars(id),
+        PRIMARY KEY (cache_id, file_name)
+    ) WITHOUT ROWID;
+    CREATE TABLE side_files (
+        cache_id INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        content BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (cache_id, kind, key)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// Bring the schema up to date, one transaction per migration.
+pub(super) fn migrate(c: &mut Connection) -> Result<(), MetaError> {
+    let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(MetaError::TooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = c.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! The error type of the service layer, which decides what a client may learn.
+
+use crate::meta::MetaError;
+use crate::store::StoreError;
+
+/// A failed request. Client faults carry a one-line reason meant for the client;
+/// server faults keep their detail for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no such cache: {0}")]
+    NoSuchCache(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cache {0} already exists")]
+    CacheAlreadyExists(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// The request body has a content type this route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A Range outside the body; carries the body's length.
+    #[error("range not satisfiable: the file has {0} bytes")]
+    RangeNotSatisfiable(u64),
+    /// Stored data is damaged; the client cannot fix it, the operator can.
+    #[error("{0}")]
+    Damaged(String),
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("chunk store: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<crate::nix::Error> for ServiceError {
+    fn from(e: crate::nix::Error) -> Self {
+        ServiceError::BadRequest(e.to_string())
+    }
+}
+
+impl ServiceError {
+    /// True when the client caused it (answered with a 4xx).
+    pub fn is_client_fault(&self) -> bool {
+        !matches!(
+            self,
+            ServiceError::Damaged(_)
+                | ServiceError::Meta(_)
+                | ServiceError::Store(_)
+                | ServiceError::Internal(_)
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! Cache logic: what a request means, independent of how it arrived.
+//!
+//! The HTTP edge and the local CLI both call in here with a [`Caller`]. Services
+//! check permissions, drive the Nix format parsers, and use the chunk store and
+//! the metadata database. Nothing here imports axum or rusqlite.
+
+mod caches;
+mod decode;
+mod error;
+mod serve;
+mod side;
+mod upload;
+mod verify;
+
+pub use caches::{CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, RetentionPeriod};
+pub use error::ServiceError;
+pub use serve::{ByteRange, NarBody, NarResponse};
+pub use side::SideKind;
+pub use upload::BodyRx;
+pub use verify::{DamagedPath, VerifyReport};
+
+use std::sync::Arc;
+
+use crate::auth::{Authenticator, Caller, Permission};
+use crate::config::Config;
+use crate::meta::{CacheRow, Meta};
+use crate::store::ChunkStore;
+
+/// The running cache server's state, shared by every request.
+pub struct Larder {
+    pub config: Config,
+    /// Base URL for substituter and API endpoints.
+    pub base_url: String,
+    pub meta: Meta,
+    /// `None` when opened for metadata only (the CLI beside a running server).
+    store: Option<ChunkStore>,
+    pub auth: Arc<dyn Authenticator>,
+}
+
+/// Totals for `larder stats`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    pub chunk_bytes_uncompressed: u64,
+    pub nars: u64,
+    pub store_paths: u64,
+}
+
+/// Cache names: `^[A-Za-z0-9][A-Za-z0-9-_+]{0,49}$`.
+pub fn validate_cache_name(name: &str) -> Result<(), ServiceError> {
+    let ok = !name.is_empty()
+        && name.len() <= 50
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'+');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::BadRequest(format!(
+            "invalid cache name {name:?}: use 1-50 of A-Z a-z 0-9 - _ +, starting with a letter or digit"
+        )))
+    }
+}
+
+impl Larder {
+    /// Open the data dir's store and metadata.
+    pub fn open(
+        config: Config,
+        base_url: String,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Self, ServiceError> {
+        let meta = Meta::open(&config.data_dir)?;
+        let store = Some(ChunkStore::open_local(&config.data_dir, config.zstd_level)?);
+        Ok(Self {
+            config,
+            base_url,
+            meta,
+            store,
+            auth,
+        })
+    }
+
+    /// Open only the metadata: enough to manage caches while a server holds the
+    /// chunk index.
+    pub fn open_meta_only(
+        config: Config,
+        base_url: String,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Self, ServiceError> {
+        let meta = Meta::open(&config.data_dir)?;
+        Ok(Self {
+            config,
+            base_url,
+            meta,
+            store: None,
+            auth,
+        })
+    }
+
+    /// The chunk store, when open.
+    pub fn store(&self) -> Result<&ChunkStore, ServiceError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| ServiceError::Internal("the chunk store is not open".into()))
+    }
+
+    /// Find a cache the caller is about to use with `perm`, answering exactly as
+    /// if it did not exist when the caller may not learn that it does.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        name: &str,
+        perm: Permission,
+    ) -> Result<CacheRow, ServiceError> {
+        validate_cache_name(name)?;
+        let row = self.meta.cache_by_name(name)?;
+        let public_pull = perm == Permission::Pull && row.as_ref().is_some_and(|r| r.is_public);
+        if public_pull || caller.can(name, perm) {
+            return row.ok_or_else(|| ServiceError::NoSuchCache(name.to_owned()));
+        }
+        if caller.is_anonymous() {
+            return Err(ServiceError::Unauthorized("missing token".into()));
+        }
+        let visible = row.as_ref().is_some_and(|r| r.is_public) || caller.has_any(name);
+        if !visible {
+            return Err(ServiceError::Unauthorized(format!(
+                "token has no permission on cache {name:?}"
+            )));
+        }
+        Err(ServiceError::Forbidden(format!(
+            "token lacks the {} permission on cache {name:?}",
+            perm.name()
+        )))
+    }
+
+    /// Server-wide totals (admin only).
+    pub fn stats(&self, caller: &Caller) -> Result<Stats, ServiceError> {
+        require_admin(caller)?;
+        let s = self.store()?.stats()?;
+        let (nars, store_paths) = self.meta.counts()?;
+        Ok(Stats {
+            chunks: s.chunks,
+            chunk_bytes: s.frame_bytes,
+            chunk_bytes_uncompressed: s.raw_bytes,
+            nars,
+            store_paths,
+        })
+    }
+
+    /// Drop staged NARs that never got a narinfo.
+    pub fn expire_staged(&self) -> Result<usize, ServiceError> {
+        let ttl = i64::try_from(self.config.staged_ttl_secs).unwrap_or(i64::MAX);
+        Ok(self.meta.expire_staged(ttl)?)
+    }
+}
+
+pub(crate) fn require_admin(caller: &Caller) -> Result<(), ServiceError> {
+    match caller {
+        Caller::Admin => Ok(()),
+        Caller::Anonymous => Err(ServiceError::Unauthorized("missing token".into())),
+        #[allow(unreachable_patterns)]
+        _ => Err(ServiceError::Forbidden("this needs the admin token".into())),
+    }
+}

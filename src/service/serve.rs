@@ -1,0 +1,328 @@
+//! Serving: nix-cache-info, narinfos, and NARs as their stored zstd frames.
+//!
+//! A NAR is answered with the concatenation of its chunks' stored frames (a
+//! multi-frame zstd stream), never recompressed. Every chunk is looked up before
+//! the status line goes out, so a missing chunk is an error status rather than a
+//! short 200; a frame that fails its checksum while streaming ends the body with
+//! an error, which aborts the connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Larder, ServiceError};
+use crate::auth::{Caller, Permission};
+use crate::nix::base32;
+use crate::store::{FrameSpan, Manifest, StoreError, READ_SPAN_BYTES};
+
+/// A `Range: bytes=` request, before it is resolved against a length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `a-b`, inclusive.
+    FromTo(u64, u64),
+    /// `a-`.
+    From(u64),
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parse one range; `Ok(None)` for forms larder answers with the whole body
+    /// (several ranges, other units), as RFC 9110 allows.
+    pub fn parse(header: &str) -> Result<Option<Self>, ServiceError> {
+        let bad = || ServiceError::BadRequest(format!("malformed Range header {header:?}"));
+        let Some(spec) = header.trim().strip_prefix("bytes=") else {
+            return Ok(None);
+        };
+        if spec.contains(',') {
+            return Ok(None);
+        }
+        let (a, b) = spec.trim().split_once('-').ok_or_else(bad)?;
+        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
+        Ok(Some(match (a.trim().is_empty(), b.trim().is_empty()) {
+            (true, false) => ByteRange::Suffix(num(b)?),
+            (false, true) => ByteRange::From(num(a)?),
+            (false, false) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if b < a {
+                    return Err(bad());
+                }
+                ByteRange::FromTo(a, b)
+            }
+            (true, true) => return Err(bad()),
+        }))
+    }
+
+    /// Resolve to `start..end` within `len`; `None` when unsatisfiable.
+    pub fn resolve(self, len: u64) -> Option<(u64, u64)> {
+        let (start, end) = match self {
+            ByteRange::FromTo(a, b) => (a, b.saturating_add(1).min(len)),
+            ByteRange::From(a) => (a, len),
+            ByteRange::Suffix(n) => (len.saturating_sub(n), len),
+        };
+        if start >= len || start >= end {
+            return None;
+        }
+        Some((start, end))
+    }
+}
+
+/// A NAR body: frames as they are read, or an error that aborts the response.
+pub type NarBody = tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>;
+
+/// What a NAR request answers.
+pub struct NarResponse {
+    /// Length of the whole file (all frames).
+    pub total_len: u64,
+    /// The byte range answered (`0..total_len` without a Range).
+    pub start: u64,
+    pub end: u64,
+    pub partial: bool,
+    /// `None` for HEAD.
+    pub body: Option<NarBody>,
+}
+
+/// The file name larder serves a NAR under: `<nar hash nix32>.nar.zst`.
+pub fn served_nar_name(nar_hash: &[u8; 32]) -> String {
+    format!("{}.nar.zst", base32::encode(nar_hash))
+}
+
+fn parse_served_nar_name(name: &str) -> Option<[u8; 32]> {
+    let h = name.strip_suffix(".nar.zst")?;
+    if h.len() != 52 {
+        return None;
+    }
+    base32::decode(h).ok()?.try_into().ok()
+}
+
+/// Frames per read: contiguous spans up to [`READ_SPAN_BYTES`].
+fn groups(spans: &[FrameSpan]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, s) in spans.iter().enumerate() {
+        if i > start && bytes + u64::from(s.chunk.frame_len) > READ_SPAN_BYTES {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += u64::from(s.chunk.frame_len);
+    }
+    if start < spans.len() {
+        out.push(start..spans.len());
+    }
+    out
+}
+
+impl Larder {
+    /// `GET <cache>/nix-cache-info`.
+    pub fn nix_cache_info(&self, caller: &Caller, cache: &str) -> Result<String, ServiceError> {
+        let row = self.authorize(caller, cache, Permission::Pull)?;
+        Ok(format!(
+            "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+            row.store_dir, row.priority
+        ))
+    }
+
+    /// `GET <cache>/<hash>.narinfo`.
+    pub fn get_narinfo(
+        &self,
+        caller: &Caller,
+        cache: &str,
+        path_hash: &str,
+    ) -> Result<String, ServiceError> {
+        let row = self.authorize(caller, cache, Permission::Pull)?;
+        self.meta.narinfo(row.id, path_hash)?.ok_or_else(|| {
+            ServiceError::NotFound(format!("{path_hash}.narinfo is not in cache {cache}"))
+        })
+    }
+
+    /// `HEAD <cache>/nar/<file>`: known when staged, stored under that uploaded
+    /// name, or served under that name.
+    pub fn nar_exists(
+        &self,
+        caller: &Caller,
+        cache: &str,
+        file_name: &str,
+    ) -> Result<bool, ServiceError> {
+        let row = self.authorize(caller, cache, Permission::Pull)?;
+        if self.meta.nar_file_known(row.id, file_name)? {
+            return Ok(true);
+        }
+        Ok(match parse_served_nar_name(file_name) {
+            Some(h) => self
+                .meta
+                .nar_in_cache(row.id, &h)?
+                .is_some_and(|n| !n.damaged),
+            None => false,
+        })
+    }
+
+    /// `GET`/`HEAD <cache>/nar/<hash>.nar.zst`, optionally one range. Call from a
+    /// blocking thread; the body is produced by a thread of its own.
+    pub fn get_nar(
+        self: &Arc<Self>,
+        caller: &Caller,
+        cache: &str,
+        file_name: &str,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<NarResponse, ServiceError> {
+        let row = self.authorize(caller, cache, Permission::Pull)?;
+        let not_found =
+            || ServiceError::NotFound(format!("nar/{file_name} is not in cache {cache}"));
+        let hash = parse_served_nar_name(file_name).ok_or_else(not_found)?;
+        let nar = self
+            .meta
+            .nar_in_cache(row.id, &hash)?
+            .ok_or_else(not_found)?;
+        if nar.damaged {
+            return Err(ServiceError::NotFound(format!(
+                "nar/{file_name} is damaged; push the path again to repair it"
+            )));
+        }
+        let manifest = Manifest::decode(&nar.manifest)
+            .ok_or_else(|| ServiceError::Internal("stored manifest is damaged".into()))?;
+        let resolved = match self.store()?.resolve(&manifest) {
+            Ok(r) => r,
+            Err(e) => return Err(self.damaged(nar.id, manifest, e)),
+        };
+        let total_len = resolved.frames_len();
+        let (start, end, partial) = match range {
+            None => (0, total_len, false),
+            Some(r) => match r.resolve(total_len) {
+                Some((s, e)) => (s, e, true),
+                None => return Err(ServiceError::RangeNotSatisfiable(total_len)),
+            },
+        };
+        if head {
+            return Ok(NarResponse {
+                total_len,
+                start,
+                end,
+                partial,
+                body: None,
+            });
+        }
+        // Pick the frames that overlap start..end and how much to trim.
+        let mut spans = Vec::new();
+        let mut at = 0u64;
+        let mut skip_front = 0u64;
+        for s in resolved.spans {
+            let len = u64::from(s.chunk.frame_len);
+            if at + len > start && at < end {
+                if spans.is_empty() {
+                    skip_front = start - at;
+                }
+                spans.push(s);
+            }
+            at += len;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let me = self.clone();
+        let nar_id = nar.id;
+        std::thread::Builder::new()
+            .name("nar-reader".into())
+            .spawn(move || {
+                let mut remaining = end - start;
+                let mut skip = skip_front;
+                for g in groups(&spans) {
+                    let frames = match me.store().and_then(|st| Ok(st.read_frames(&spans[g])?)) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            let err = match e {
+                                ServiceError::Store(se) => me.damaged(nar_id, manifest, se),
+                                other => other,
+                            };
+                            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+                            return;
+                        }
+                    };
+                    for mut f in frames {
+                        if skip > 0 {
+                            let cut = (skip as usize).min(f.len());
+                            let _ = f.split_to(cut);
+                            skip -= cut as u64;
+                        }
+                        if f.len() as u64 > remaining {
+                            f.truncate(remaining as usize);
+                        }
+                        remaining -= f.len() as u64;
+                        if !f.is_empty() && tx.blocking_send(Ok(f)).is_err() {
+                            return; // the client went away
+                        }
+                        if remaining == 0 {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| ServiceError::Internal(format!("starting NAR reader: {e}")))?;
+        Ok(NarResponse {
+            total_len,
+            start,
+            end,
+            partial,
+            body: Some(rx),
+        })
+    }
+
+    /// A chunk of a NAR is missing or corrupt: hide the NAR's paths (so clients
+    /// look elsewhere and a re-push repairs it), forget its bad chunks in the
+    /// background, and describe the damage.
+    fn damaged(self: &Arc<Self>, nar_id: i64, manifest: Manifest, e: StoreError) -> ServiceError {
+        if e.damaged_chunk().is_none() {
+            return e.into();
+        }
+        tracing::error!(nar_id, error = %e, "NAR is damaged; hiding its paths until re-pushed");
+        if let Err(me) = self.meta.mark_damaged(&[nar_id]) {
+            tracing::error!(error = %me, "could not mark NAR damaged");
+        }
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("nar-check".into())
+            .spawn(move || {
+                if let Err(e) = me.forget_bad_chunks(&manifest) {
+                    tracing::error!(error = %e, "checking damaged NAR failed");
+                }
+            });
+        ServiceError::Damaged(format!("NAR is damaged ({e}); run larder verify"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            ByteRange::parse("bytes=0-9").unwrap(),
+            Some(ByteRange::FromTo(0, 9))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=5-").unwrap(),
+            Some(ByteRange::From(5))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=-3").unwrap(),
+            Some(ByteRange::Suffix(3))
+        );
+        assert_eq!(ByteRange::parse("bytes=0-1,4-5").unwrap(), None);
+        assert_eq!(ByteRange::parse("items=0-1").unwrap(), None);
+        assert!(ByteRange::parse("bytes=9-2").is_err());
+        assert!(ByteRange::parse("bytes=x-2").is_err());
+        assert_eq!(ByteRange::FromTo(0, 9).resolve(5), Some((0, 5)));
+        assert_eq!(ByteRange::From(5).resolve(5), None);
+        assert_eq!(ByteRange::Suffix(3).resolve(10), Some((7, 10)));
+        assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 10)));
+        assert_eq!(ByteRange::Suffix(0).resolve(10), None);
+    }
+
+    #[test]
+    fn served_names_round_trip() {
+        let h = [42u8; 32];
+        assert_eq!(parse_served_nar_name(&served_nar_name(&h)), Some(h));
+        assert_eq!(parse_served_nar_name("abc.nar.zst"), None);
+    }
+}
