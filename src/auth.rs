@@ -133,13 +133,13 @@ pub fn token_from_header(value: Option<&[u8]>) -> Result<Option<String>, AuthErr
     Err(AuthError::Invalid)
 }
 
-/// A fresh random token: 32 bytes, URL-safe base64.
+/// A fresh random token: 32 bytes as hex (never starts with `-`, so it is safe as
+/// a command-line argument).
 pub fn generate_token() -> String {
-    use base64::Engine;
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    hex::encode(bytes)
 }
 
 #[cfg(test)]

@@ -40,8 +40,31 @@ pub fn router(larder: Arc<Larder>) -> Router {
         .route("/_api/v1/verify", post(api::verify))
         .route("/_api/v1/get-missing-paths", post(api::missing_paths))
         .fallback(nix::handle)
+        .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(larder)
+}
+
+/// A request with a body that was refused may not have been read to its end, so
+/// the connection cannot be reused: say so, so that clients which pool connections
+/// open a fresh one instead of writing into a closed socket.
+async fn close_after_refused_body(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Serve until `shutdown` resolves. Every accepted socket gets TCP_NODELAY.

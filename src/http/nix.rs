@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -60,14 +61,33 @@ fn ok_empty() -> Response {
 
 /// Entry point for every path that is not `/_…`.
 pub async fn handle(State(larder): State<Arc<Larder>>, req: Request) -> Response {
-    match dispatch(larder, req).await {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    match dispatch(larder, parts, &mut body).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Refused before the body was read: drain it (bounded) so a client that
+            // sends without waiting for `100 Continue` reads this answer rather
+            // than a reset.
+            if let Some(b) = body {
+                let (_, pumping) = pump(b);
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, pumping).await;
+            }
+            e.into_response()
+        }
     }
 }
 
-async fn dispatch(larder: Arc<Larder>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
+fn take(body: &mut Option<Body>) -> Result<Body, ApiError> {
+    body.take()
+        .ok_or_else(|| ApiError(ServiceError::Internal("request body read twice".into())))
+}
+
+async fn dispatch(
+    larder: Arc<Larder>,
+    parts: axum::http::request::Parts,
+    body: &mut Option<Body>,
+) -> Result<Response, ApiError> {
     let (cache, endpoint) = parse(parts.uri.path())?;
     let who = caller(&larder, &parts.headers)?;
     let method = parts.method.clone();
@@ -101,7 +121,7 @@ async fn dispatch(larder: Arc<Larder>, req: Request) -> Result<Response, ApiErro
         }
         (Endpoint::NarInfo(hash), _, true) => {
             require_type(&headers, NARINFO_TYPES)?;
-            let body = read_small_body(&headers, body, limit).await?;
+            let body = read_small_body(&headers, take(body)?, limit).await?;
             let enc = content_encoding(&headers)?;
             let hash = hash.clone();
             blocking(&larder, move |l| {
@@ -109,6 +129,17 @@ async fn dispatch(larder: Arc<Larder>, req: Request) -> Result<Response, ApiErro
             })
             .await?;
             Ok(ok_empty())
+        }
+        (Endpoint::Nar(file), true, _) if head && !crate::service::is_served_nar_name(file) => {
+            // An uploaded (not yet or differently named) NAR: Nix asks before
+            // uploading, to skip NARs the cache already has.
+            let file = file.clone();
+            let known = blocking(&larder, move |l| l.nar_exists(&who, &cache, &file)).await?;
+            if known {
+                Ok(ok_empty())
+            } else {
+                Err(ApiError(ServiceError::NotFound("no such NAR".into())))
+            }
         }
         (Endpoint::Nar(file), true, _) => {
             get_nar(larder, who, cache, file.clone(), &headers, head).await
@@ -127,9 +158,13 @@ async fn dispatch(larder: Arc<Larder>, req: Request) -> Result<Response, ApiErro
                     ))));
                 }
             }
-            let rx = pump(body);
+            let (rx, pumping) = pump(take(body)?);
             let file = file.clone();
-            blocking(&larder, move |l| l.put_nar(&who, &cache, &file, rx)).await?;
+            let result = blocking(&larder, move |l| l.put_nar(&who, &cache, &file, rx)).await;
+            if result.is_err() {
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, pumping).await;
+            }
+            result?;
             Ok(ok_empty())
         }
         (
@@ -155,7 +190,7 @@ async fn dispatch(larder: Arc<Larder>, req: Request) -> Result<Response, ApiErro
                     blocking(&larder, move |l| l.get_side(&who, &cache, kind, &key)).await?;
                 Ok(text(kind.content_type(), bytes, head))
             } else {
-                let body = read_small_body(&headers, body, limit).await?;
+                let body = read_small_body(&headers, take(body)?, limit).await?;
                 let enc = content_encoding(&headers)?;
                 blocking(&larder, move |l| {
                     l.put_side(&who, &cache, kind, &key, body, enc.as_deref())
@@ -178,20 +213,45 @@ async fn dispatch(larder: Arc<Larder>, req: Request) -> Result<Response, ApiErro
     }
 }
 
-/// Forward a request body to a blocking consumer, piece by piece.
-fn pump(body: Body) -> crate::service::BodyRx {
+/// After refusing an upload, read (and discard) up to this much more of its body so
+/// a client that does not wait for `100 Continue` still reads the refusal instead
+/// of a reset connection.
+const DRAIN_AFTER_REFUSAL_BYTES: u64 = 256 << 20;
+/// How long to spend draining before answering anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Forward a request body to a blocking consumer, piece by piece. When the
+/// consumer stops early, the rest of the body is drained (bounded) so the task
+/// ends once the client has finished sending.
+fn pump(body: Body) -> (crate::service::BodyRx, tokio::task::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
+        let mut drained = 0u64;
+        let mut forwarding = true;
         while let Some(item) = stream.next().await {
-            let item = item.map_err(std::io::Error::other);
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                return;
+            if forwarding {
+                let item = item.map_err(std::io::Error::other);
+                let stop = item.is_err();
+                if stop {
+                    let _ = tx.send(item).await;
+                    return;
+                }
+                if tx.send(item).await.is_err() {
+                    forwarding = false;
+                }
+            } else {
+                match item {
+                    Ok(b) => drained += b.len() as u64,
+                    Err(_) => return,
+                }
+                if drained > DRAIN_AFTER_REFUSAL_BYTES {
+                    return;
+                }
             }
         }
     });
-    rx
+    (rx, task)
 }
 
 async fn get_nar(
@@ -202,13 +262,10 @@ async fn get_nar(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, ApiError> {
-    let range = match headers.get(header::RANGE) {
-        Some(v) => ByteRange::parse(
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("Range is not ASCII"))?,
-        )?,
-        None => None,
-    };
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ByteRange::parse);
     let nar = {
         let larder2 = larder.clone();
         tokio::task::spawn_blocking(move || larder2.get_nar(&who, &cache, &file, range, head))

@@ -58,7 +58,7 @@ fn nar_file(s: &str) -> Result<String, ApiError> {
     let ok = s.len() <= 128
         && s.contains(".nar")
         && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
     if !ok {
         return Err(bad(
             "NAR file name must look like <hash>.nar[.<compression>]",
@@ -186,7 +186,7 @@ mod tests {
             "/c//nix-cache-info",
             "/c/nar/a%00.nar",
             "/c/short.narinfo",
-            "/c/nar/UPPER.nar",
+            "/c/nar/a b.nar",
             "c/nix-cache-info",
             "/c/log/not-a-store-path",
         ] {

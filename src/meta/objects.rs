@@ -188,7 +188,9 @@ impl Meta {
         narinfo: &str,
     ) -> Result<i64, MetaError> {
         let mut c = self.conn()?;
-        let tx = c.transaction()?;
+        // IMMEDIATE: take the write lock up front, so a concurrent commit makes this
+        // one wait (busy timeout) instead of failing on a stale read snapshot.
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let existing: Option<(i64, bool)> = tx
             .query_row(
                 "SELECT id, damaged FROM nars WHERE nar_hash = ?1",

@@ -14,7 +14,7 @@ mod verify;
 
 pub use caches::{CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, RetentionPeriod};
 pub use error::ServiceError;
-pub use serve::{ByteRange, NarBody, NarResponse};
+pub use serve::{is_served_nar_name, ByteRange, NarBody, NarResponse};
 pub use side::SideKind;
 pub use upload::BodyRx;
 pub use verify::{DamagedPath, VerifyReport};

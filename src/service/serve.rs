@@ -27,30 +27,25 @@ pub enum ByteRange {
 }
 
 impl ByteRange {
-    /// Parse one range; `Ok(None)` for forms larder answers with the whole body
-    /// (several ranges, other units), as RFC 9110 allows.
-    pub fn parse(header: &str) -> Result<Option<Self>, ServiceError> {
-        let bad = || ServiceError::BadRequest(format!("malformed Range header {header:?}"));
-        let Some(spec) = header.trim().strip_prefix("bytes=") else {
-            return Ok(None);
-        };
+    /// Parse one range; `None` for forms larder answers with the whole body:
+    /// several ranges, other units, or a malformed range (RFC 9110 says to ignore
+    /// an invalid Range header).
+    pub fn parse(header: &str) -> Option<Self> {
+        let spec = header.trim().strip_prefix("bytes=")?;
         if spec.contains(',') {
-            return Ok(None);
+            return None;
         }
-        let (a, b) = spec.trim().split_once('-').ok_or_else(bad)?;
-        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
-        Ok(Some(match (a.trim().is_empty(), b.trim().is_empty()) {
-            (true, false) => ByteRange::Suffix(num(b)?),
-            (false, true) => ByteRange::From(num(a)?),
+        let (a, b) = spec.trim().split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        match (a.is_empty(), b.is_empty()) {
+            (true, false) => Some(ByteRange::Suffix(b.parse().ok()?)),
+            (false, true) => Some(ByteRange::From(a.parse().ok()?)),
             (false, false) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if b < a {
-                    return Err(bad());
-                }
-                ByteRange::FromTo(a, b)
+                let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+                (a <= b).then_some(ByteRange::FromTo(a, b))
             }
-            (true, true) => return Err(bad()),
-        }))
+            (true, true) => None,
+        }
     }
 
     /// Resolve to `start..end` within `len`; `None` when unsatisfiable.
@@ -85,6 +80,11 @@ pub struct NarResponse {
 /// The file name larder serves a NAR under: `<nar hash nix32>.nar.zst`.
 pub fn served_nar_name(nar_hash: &[u8; 32]) -> String {
     format!("{}.nar.zst", base32::encode(nar_hash))
+}
+
+/// Whether `name` has the shape of a name larder serves NARs under.
+pub fn is_served_nar_name(name: &str) -> bool {
+    parse_served_nar_name(name).is_some()
 }
 
 fn parse_served_nar_name(name: &str) -> Option<[u8; 32]> {
@@ -310,8 +310,9 @@ mod tests {
         );
         assert_eq!(ByteRange::parse("bytes=0-1,4-5").unwrap(), None);
         assert_eq!(ByteRange::parse("items=0-1").unwrap(), None);
-        assert!(ByteRange::parse("bytes=9-2").is_err());
-        assert!(ByteRange::parse("bytes=x-2").is_err());
+        assert_eq!(ByteRange::parse("bytes=9-2").unwrap(), None);
+        assert_eq!(ByteRange::parse("bytes=x-2").unwrap(), None);
+        assert!(ByteRange::parse_strict("bytes=9-2").is_err());
         assert_eq!(ByteRange::FromTo(0, 9).resolve(5), Some((0, 5)));
         assert_eq!(ByteRange::From(5).resolve(5), None);
         assert_eq!(ByteRange::Suffix(3).resolve(10), Some((7, 10)));

@@ -63,6 +63,9 @@ fn agent() -> &'static ureq::Agent {
             .timeout_connect(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .redirects(0)
+            // Servers come and go on reused ephemeral ports: a pooled connection to a
+            // stopped server would be written into and fail with a broken pipe.
+            .max_idle_connections(0)
             .build()
     })
 }
