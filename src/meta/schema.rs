@@ -63,6 +63,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cache_id, kind, key)
     ) WITHOUT ROWID;
     "#,
+    // 2: scoped tokens (issued, revoked).
+    r#"
+    CREATE TABLE tokens (
+        jti TEXT PRIMARY KEY,
+        sub TEXT NOT NULL,
+        parent TEXT,
+        chain TEXT NOT NULL,
+        caches TEXT NOT NULL,
+        issued_at INTEGER NOT NULL,
+        not_before INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX tokens_by_sub ON tokens(sub);
+    "#,
+    // Migration 3 is reserved for S3 buckets, objects, uploads and access keys.
 ];
 
 /// Bring the schema up to date, one transaction per migration.
