@@ -26,7 +26,7 @@ pub use index::IndexStats;
 pub use ingest::IngestOutcome;
 pub use manifest::{ChunkId, ChunkRef, Manifest};
 pub use pack::PackBackend;
-pub use read::{FrameSpan, ResolvedNar};
+pub use read::{raw_position, FrameSpan, ResolvedNar};
 
 use std::path::Path;
 use std::sync::Arc;
