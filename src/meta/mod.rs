@@ -10,12 +10,17 @@
 mod caches;
 mod error;
 mod objects;
+mod s3;
 mod schema;
 mod side;
 
 pub use caches::{CacheRow, NewCache};
 pub use error::MetaError;
 pub use objects::{NarRow, ObjectRow, StagedNar};
+pub use s3::{
+    BucketDelete, BucketRow, KeyInsert, KeyWindow, NewObject, ObjectSummary, PartRow, S3Grant,
+    S3Key, S3ObjectRow, UploadRow, WriteOutcome,
+};
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};

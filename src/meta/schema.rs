@@ -78,7 +78,59 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX tokens_by_sub ON tokens(sub);
     "#,
-    // Migration 3 is reserved for S3 buckets, objects, uploads and access keys.
+    // 3: S3 access keys and their grants, buckets, objects, multipart uploads and
+    // parts (see `meta/s3.rs`). Object keys are BLOBs so they sort and compare as
+    // bytes, which is S3's listing order.
+    r#"
+    CREATE TABLE s3_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        secret TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE s3_grants (
+        key_id TEXT NOT NULL REFERENCES s3_keys(id) ON DELETE CASCADE,
+        pattern TEXT NOT NULL,
+        can_read INTEGER NOT NULL,
+        can_write INTEGER NOT NULL,
+        can_owner INTEGER NOT NULL,
+        PRIMARY KEY (key_id, pattern)
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_buckets (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE s3_objects (
+        bucket_id INTEGER NOT NULL REFERENCES s3_buckets(id),
+        key BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        modified_ms INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        part_sizes BLOB,
+        manifest BLOB NOT NULL,
+        PRIMARY KEY (bucket_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_uploads (
+        upload_id TEXT PRIMARY KEY,
+        bucket_id INTEGER NOT NULL REFERENCES s3_buckets(id),
+        key BLOB NOT NULL,
+        headers TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX s3_uploads_by_key ON s3_uploads(bucket_id, key, upload_id);
+    CREATE TABLE s3_parts (
+        upload_id TEXT NOT NULL REFERENCES s3_uploads(upload_id) ON DELETE CASCADE,
+        part_number INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        checksum TEXT,
+        modified_ms INTEGER NOT NULL,
+        manifest BLOB NOT NULL,
+        PRIMARY KEY (upload_id, part_number)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Bring the schema up to date, one transaction per migration.
