@@ -33,8 +33,88 @@ pub struct FileConfig {
     pub max_nar_bytes: Option<u64>,
     pub max_small_body: Option<usize>,
     pub staged_ttl_secs: Option<u64>,
+    /// The S3 API's own listener; the S3 API is off when unset.
+    pub s3_listen: Option<String>,
+    /// The region S3 clients must sign for.
+    pub s3_region: Option<String>,
+    /// A Host name (e.g. `s3.example.com`) whose requests on the main listener go to
+    /// the S3 API, with `bucket.<s3_host>` as virtual-hosted-style addressing.
+    pub s3_host: Option<String>,
     /// Public keys (`name:base64`) whose signatures on uploads are kept.
     pub trusted_upload_keys: Option<Vec<String>>,
+    /// Host names served; any other Host gets 400. Empty or absent: any Host.
+    #[serde(alias = "allowed-hosts")]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// HTTPS (`[tls]`, `[tls.acme]`): see `crate::tls::config`.
+    pub tls: Option<crate::tls::config::TlsFileConfig>,
+}
+
+/// The S3 region when the config names none.
+pub const DEFAULT_S3_REGION: &str = "larder";
+
+/// The S3 API's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// The S3 listener; `None`: no listener of its own.
+    pub listen: Option<SocketAddr>,
+    pub region: String,
+    /// Lowercase, without a port.
+    pub host: Option<String>,
+}
+
+impl S3Config {
+    /// Whether any S3 endpoint is served.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || self.host.is_some()
+    }
+
+    /// Validate the file's S3 keys, with `listen_flag` (the `--s3-listen` flag or
+    /// `LARDER_S3_LISTEN`) over the file's `s3_listen`.
+    pub fn resolve(file: &FileConfig, listen_flag: Option<String>) -> Result<Self, ConfigError> {
+        let listen = listen_flag
+            .or_else(|| file.s3_listen.clone())
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| ConfigError::Invalid(format!("s3_listen address {s:?}: {e}")))
+            })
+            .transpose()?;
+        let region = file
+            .s3_region
+            .clone()
+            .unwrap_or_else(|| DEFAULT_S3_REGION.to_owned());
+        let region_ok = !region.is_empty()
+            && region.len() <= 64
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !region_ok {
+            return Err(ConfigError::Invalid(format!(
+                "s3_region {region:?}: use 1-64 of A-Z a-z 0-9 - _"
+            )));
+        }
+        let host = file
+            .s3_host
+            .as_deref()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty());
+        if let Some(h) = &host {
+            let ok = h.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "s3_host {h:?}: a DNS name without a port, e.g. s3.example.com"
+                )));
+            }
+        }
+        Ok(Self {
+            listen,
+            region,
+            host,
+        })
+    }
 }
 
 /// Errors in settings: the operator's to fix.
@@ -62,6 +142,11 @@ pub struct Config {
     pub max_small_body: usize,
     pub staged_ttl_secs: u64,
     pub trusted_upload_keys: Vec<String>,
+    /// Lowercase host names (an entry may carry a port); empty: any Host.
+    pub allowed_hosts: Vec<String>,
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// The S3 API (`s3_listen`, `s3_region`, `s3_host`).
+    pub s3: S3Config,
 }
 
 impl FileConfig {
@@ -97,6 +182,7 @@ impl Config {
         data_dir: Option<PathBuf>,
         listen: Option<String>,
     ) -> Result<Self, ConfigError> {
+        let s3 = S3Config::resolve(&file, None)?;
         let listen_s = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -124,6 +210,21 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("trusted_upload_keys: {k:?}: {e}")))?;
         }
         let public_url = file.public_url.map(|u| u.trim_end_matches('/').to_owned());
+        let tls = file.tls.map(crate::tls::TlsSettings::resolve).transpose()?;
+        if let Some(t) = &tls {
+            if t.listen.contains(&listen) {
+                return Err(ConfigError::Invalid(format!(
+                    "listen {listen} is also a [tls] listen address"
+                )));
+            }
+        }
+        let allowed_hosts = file
+            .allowed_hosts
+            .unwrap_or_default()
+            .iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
         Ok(Self {
             listen,
             data_dir,
@@ -133,13 +234,38 @@ impl Config {
             max_small_body: file.max_small_body.unwrap_or(DEFAULT_MAX_SMALL_BODY),
             staged_ttl_secs: file.staged_ttl_secs.unwrap_or(DEFAULT_STAGED_TTL_SECS),
             trusted_upload_keys,
+            allowed_hosts,
+            tls,
+            s3,
         })
     }
 
-    /// The base URL clients use: `public_url`, else `http://<listen>`.
+    /// Apply `larder serve --s3-listen` (or `LARDER_S3_LISTEN`) over the file.
+    pub fn with_s3_listen(mut self, flag: Option<String>) -> Result<Self, ConfigError> {
+        if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
+            let addr = f
+                .trim()
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid(format!("--s3-listen address {f:?}: {e}")))?;
+            if addr == self.listen {
+                return Err(ConfigError::Invalid(format!(
+                    "--s3-listen {addr} is also the main listen address"
+                )));
+            }
+            self.s3.listen = Some(addr);
+        }
+        Ok(self)
+    }
+
+    /// The base URL clients use: `public_url`, else the HTTPS one when `[tls]` is
+    /// set, else `http://<listen>`.
     pub fn base_url(&self) -> String {
-        self.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+        if let Some(u) = &self.public_url {
+            return u.clone();
+        }
+        if let Some(t) = &self.tls {
+            return t.default_base_url(None);
+        }
+        format!("http://{}", self.listen)
     }
 }

@@ -9,5 +9,7 @@ pub mod config;
 pub mod http;
 pub mod meta;
 pub mod nix;
+pub mod s3;
 pub mod service;
 pub mod store;
+pub mod tls;

@@ -5,7 +5,10 @@
 //! the same service code behind both.
 
 mod remote;
+mod s3;
 mod serve;
+mod tls;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
-use larder::auth::{AdminToken, Caller};
+use larder::auth::Caller;
 use larder::config::{Config, FileConfig};
 use larder::service::{
     CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, Larder, RetentionPeriod, Stats,
@@ -38,6 +41,9 @@ enum Command {
     /// Manage caches.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Mint, list, revoke and inspect scoped tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Show chunk store and metadata totals.
     Stats {
         #[command(flatten)]
@@ -45,6 +51,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// HTTPS certificates: `larder tls status`.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
+    /// The S3 API: access keys (`larder s3 key ...`).
+    #[command(subcommand)]
+    S3(s3::S3Command),
     /// Check every stored NAR against its NarHash; exits 1 when damage is found.
     Verify {
         #[command(flatten)]
@@ -161,11 +173,10 @@ impl Target {
             );
         }
         let base = config.base_url();
-        let auth = AdminToken::new(String::new());
         let larder = if needs_store {
-            Larder::open(config, base, auth)
+            Larder::open(config, base, None)
         } else {
-            Larder::open_meta_only(config, base, auth)
+            Larder::open_meta_only(config, base)
         }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Session::Local(Box::new(larder)))
@@ -205,6 +216,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let admin = Caller::Admin;
     match args.command {
         Command::Serve(a) => serve::run(a),
+        Command::S3(cmd) => s3::run(cmd),
+        Command::Tls(cmd) => tls::run(cmd),
+        Command::Token(cmd) => {
+            token::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cache(cmd) => {
             match cmd {
                 CacheCommand::Create {
@@ -359,5 +376,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Args::command().debug_assert();
     }
 }

@@ -28,7 +28,7 @@ impl Client {
         }
     }
 
-    fn call<T: DeserializeOwned>(
+    pub fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,

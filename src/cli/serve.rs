@@ -10,12 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use larder::auth::{generate_token, AdminToken};
+use larder::auth::generate_token;
 use larder::config::{Config, FileConfig};
 use larder::service::Larder;
 
 /// How often staged NARs without a narinfo are looked for.
 const STAGED_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often the revoked-token set is reloaded: revocation takes effect within 1 s.
+const REVOCATION_REFRESH_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -28,6 +30,9 @@ pub struct ServeArgs {
     /// Listen address [default: 127.0.0.1:8080].
     #[arg(long, env = "LARDER_LISTEN")]
     listen: Option<String>,
+    /// The S3 API's listen address; the S3 API is off without it (or `s3_listen`).
+    #[arg(long, env = "LARDER_S3_LISTEN")]
+    s3_listen: Option<String>,
 }
 
 /// Read the admin token, creating it (0600) on first start. Returns the token
@@ -72,7 +77,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let config = Config::resolve(file, a.data_dir, a.listen)?;
+    let config = Config::resolve(file, a.data_dir, a.listen)?.with_s3_listen(a.s3_listen)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -90,13 +95,25 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let base = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+        let s3_listener = match config.s3.listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("listening for S3 on {at}"))?,
+            ),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some(t) => Some(larder::tls::Tls::bind(t, &config.data_dir).await?),
+            None => None,
+        };
+        let base = config.public_url.clone().unwrap_or_else(|| match &tls {
+            Some(t) => t.base_url(),
+            None => format!("http://{addr}"),
+        });
         let data_dir = config.data_dir.clone();
         let larder = Arc::new(
-            Larder::open(config, base, AdminToken::new(token.clone()))
+            Larder::open(config, base, Some(token.clone()))
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", data_dir.display()))?,
         );
         {
@@ -109,11 +126,38 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
                     data_dir.join("admin.token").display()
                 )?;
             }
+            if let Some(l) = &s3_listener {
+                writeln!(out, "larder S3 listening on http://{}", l.local_addr()?)?;
+            }
             writeln!(out, "larder listening on http://{addr}")?;
+            for a in tls.iter().flat_map(|t| t.local_addrs()) {
+                writeln!(out, "larder tls listening on https://{a}")?;
+            }
             out.flush()?;
         }
         tracing::info!(%addr, data_dir = %data_dir.display(), "larder started");
 
+        if let Some(l) = s3_listener {
+            let s3 = larder.clone();
+            tokio::spawn(async move {
+                if let Err(e) = larder::s3::serve(l, s3, std::future::pending()).await {
+                    tracing::error!(error = %e, "the S3 listener failed");
+                }
+            });
+        }
+        let revocations = larder.clone();
+        tokio::spawn(async move {
+            // Revocations written by another process (the CLI) take effect here
+            // within this period.
+            let mut tick = tokio::time::interval(REVOCATION_REFRESH_EVERY);
+            loop {
+                tick.tick().await;
+                let l = revocations.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || l.refresh_revoked()).await {
+                    tracing::warn!(error = %e, "refreshing revoked tokens failed");
+                }
+            }
+        });
         let sweeper = larder.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STAGED_SWEEP_EVERY);
@@ -128,7 +172,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         });
 
-        larder::http::serve(listener, larder, shutdown_signal()).await?;
+        match tls {
+            Some(tls) => larder::http::serve_tls(listener, tls, larder, shutdown_signal()).await?,
+            None => larder::http::serve(listener, larder, shutdown_signal()).await?,
+        }
         tracing::info!("larder stopped");
         Ok::<_, anyhow::Error>(())
     })?;

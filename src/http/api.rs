@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::{blocking, caller};
 use crate::auth::Permission;
+use crate::meta::TokenRow;
 use crate::nix::store_path::StorePathHash;
-use crate::service::{CacheConfig, CacheConfigPatch, CacheCreate, Larder};
+use crate::service::{
+    CacheConfig, CacheConfigPatch, CacheCreate, Inspected, Larder, MintRequest, Minted,
+    NarInfoSource, RevokeRequest, UploadPathResult,
+};
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
@@ -133,4 +137,98 @@ pub async fn missing_paths(
     Ok(Json(MissingPathsResponse {
         missing_paths: missing,
     }))
+}
+
+/// Attic's `upload-path`.
+pub async fn upload_path(
+    State(l): State<Arc<Larder>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<UploadPathResult>, ApiError> {
+    let (rx, pumping) = super::pump(body);
+    let result = async {
+        let who = caller(&l, &headers)?;
+        let header = |name: &str| -> Result<Option<String>, ApiError> {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map(str::to_owned)
+                        .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
+                })
+                .transpose()
+        };
+        let source = match (
+            header("x-attic-nar-info")?,
+            header("x-attic-nar-info-preamble-size")?,
+        ) {
+            (Some(json), None) => NarInfoSource::Header(json),
+            (None, Some(n)) => NarInfoSource::Preamble(n.trim().parse().map_err(|_| {
+                ApiError::bad_request("X-Attic-Nar-Info-Preamble-Size is not a number")
+            })?),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "send either X-Attic-Nar-Info or X-Attic-Nar-Info-Preamble-Size, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "upload metadata missing: send X-Attic-Nar-Info or a preamble",
+                ))
+            }
+        };
+        let enc = super::content_encoding(&headers)?;
+        blocking(&l, move |l| l.upload_path(&who, source, enc.as_deref(), rx)).await
+    }
+    .await;
+    // Whatever the answer, let the client finish sending before it reads it.
+    let _ = tokio::time::timeout(super::DRAIN_TIMEOUT, pumping).await;
+    Ok(Json(result?))
+}
+
+pub async fn mint_token(
+    State(l): State<Arc<Larder>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Minted>, ApiError> {
+    let who = caller(&l, &headers)?;
+    let req: MintRequest = json_body(&body)?;
+    Ok(Json(blocking(&l, move |l| l.mint_token(&who, &req)).await?))
+}
+
+pub async fn list_tokens(
+    State(l): State<Arc<Larder>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TokenRow>>, ApiError> {
+    let who = caller(&l, &headers)?;
+    Ok(Json(blocking(&l, move |l| l.list_tokens(&who)).await?))
+}
+
+pub async fn revoke_tokens(
+    State(l): State<Arc<Larder>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = caller(&l, &headers)?;
+    let req: RevokeRequest = json_body(&body)?;
+    let n = blocking(&l, move |l| l.revoke_tokens(&who, &req)).await?;
+    Ok(Json(serde_json::json!({ "revoked": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectRequest {
+    token: String,
+}
+
+pub async fn inspect_token(
+    State(l): State<Arc<Larder>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Inspected>, ApiError> {
+    let who = caller(&l, &headers)?;
+    let req: InspectRequest = json_body(&body)?;
+    Ok(Json(
+        blocking(&l, move |l| l.inspect_token(&who, &req.token)).await?,
+    ))
 }

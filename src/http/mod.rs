@@ -3,10 +3,12 @@
 //! blocking pool when it touches disk), and turn the result into a response.
 
 mod api;
+mod edge;
 mod error;
 mod nix;
 mod path;
 
+pub use edge::{serve_tls, ClientAddr};
 pub use error::ApiError;
 
 use std::net::SocketAddr;
@@ -18,15 +20,16 @@ use axum::http::{header, HeaderMap};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 
-use crate::auth::{token_from_header, Caller};
+use crate::auth::{token_from_header, Authenticator, Caller};
 use crate::service::{Larder, ServiceError};
 
 /// The full router.
 pub fn router(larder: Arc<Larder>) -> Router {
     let limit = larder.config.max_small_body;
-    Router::new()
+    let router = Router::new()
         .route("/_health", get(|| async { "ok\n" }))
         .route(
             "/_api/v1/cache-config/{cache}",
@@ -39,10 +42,29 @@ pub fn router(larder: Arc<Larder>) -> Router {
         .route("/_api/v1/stats", get(api::stats))
         .route("/_api/v1/verify", post(api::verify))
         .route("/_api/v1/get-missing-paths", post(api::missing_paths))
+        .route(
+            "/_api/v1/upload-path",
+            axum::routing::put(api::upload_path).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/_api/v1/tokens",
+            get(api::list_tokens).post(api::mint_token),
+        )
+        .route("/_api/v1/tokens/revoke", post(api::revoke_tokens))
+        .route("/_api/v1/tokens/inspect", post(api::inspect_token))
         .fallback(nix::handle)
         .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(larder)
+        .layer(axum::middleware::from_fn_with_state(
+            larder.clone(),
+            edge::check_host,
+        ))
+        .with_state(larder.clone());
+    // Requests for the S3 host name (`s3_host`) go to the S3 API instead.
+    match crate::s3::host_layer(larder) {
+        Some(s3) => router.layer(axum::middleware::from_fn(s3)),
+        None => router,
+    }
 }
 
 /// A request with a body that was refused may not have been read to its end, so
@@ -92,7 +114,7 @@ pub(crate) fn caller(larder: &Larder, headers: &HeaderMap) -> Result<Caller, Api
     let token =
         token_from_header(raw).map_err(|e| ApiError(ServiceError::Unauthorized(e.to_string())))?;
     larder
-        .auth
+        .tokens
         .authenticate(token.as_deref())
         .map_err(|e| ApiError(ServiceError::Unauthorized(e.to_string())))
 }
@@ -153,4 +175,45 @@ pub(crate) async fn read_small_body(
 /// The address a listener is bound to, for printing.
 pub fn local_addr(l: &tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
     l.local_addr()
+}
+
+/// After refusing an upload, read (and discard) up to this much more of its body so
+/// a client that does not wait for `100 Continue` still reads the refusal instead
+/// of a reset connection.
+pub(crate) const DRAIN_AFTER_REFUSAL_BYTES: u64 = 256 << 20;
+/// How long to spend draining before answering anyway.
+pub(crate) const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Forward a request body to a blocking consumer, piece by piece. When the
+/// consumer stops early, the rest of the body is drained (bounded) so the task
+/// ends once the client has finished sending.
+pub(crate) fn pump(body: Body) -> (crate::service::BodyRx, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let task = tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        let mut drained = 0u64;
+        let mut forwarding = true;
+        while let Some(item) = stream.next().await {
+            if forwarding {
+                let item = item.map_err(std::io::Error::other);
+                let stop = item.is_err();
+                if stop {
+                    let _ = tx.send(item).await;
+                    return;
+                }
+                if tx.send(item).await.is_err() {
+                    forwarding = false;
+                }
+            } else {
+                match item {
+                    Ok(b) => drained += b.len() as u64,
+                    Err(_) => return,
+                }
+                if drained > DRAIN_AFTER_REFUSAL_BYTES {
+                    return;
+                }
+            }
+        }
+    });
+    (rx, task)
 }

@@ -8,11 +8,10 @@ use axum::extract::{Request, State};
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 
 use super::error::ApiError;
 use super::path::{parse, Endpoint};
-use super::{blocking, caller, content_encoding, read_small_body};
+use super::{blocking, caller, content_encoding, pump, read_small_body, DRAIN_TIMEOUT};
 use crate::service::{ByteRange, Larder, ServiceError, SideKind};
 
 const NARINFO_TYPES: &[&str] = &["text/x-nix-narinfo", "text/plain"];
@@ -211,47 +210,6 @@ async fn dispatch(
         )
             .into_response()),
     }
-}
-
-/// After refusing an upload, read (and discard) up to this much more of its body so
-/// a client that does not wait for `100 Continue` still reads the refusal instead
-/// of a reset connection.
-const DRAIN_AFTER_REFUSAL_BYTES: u64 = 256 << 20;
-/// How long to spend draining before answering anyway.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Forward a request body to a blocking consumer, piece by piece. When the
-/// consumer stops early, the rest of the body is drained (bounded) so the task
-/// ends once the client has finished sending.
-fn pump(body: Body) -> (crate::service::BodyRx, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let task = tokio::spawn(async move {
-        let mut stream = body.into_data_stream();
-        let mut drained = 0u64;
-        let mut forwarding = true;
-        while let Some(item) = stream.next().await {
-            if forwarding {
-                let item = item.map_err(std::io::Error::other);
-                let stop = item.is_err();
-                if stop {
-                    let _ = tx.send(item).await;
-                    return;
-                }
-                if tx.send(item).await.is_err() {
-                    forwarding = false;
-                }
-            } else {
-                match item {
-                    Ok(b) => drained += b.len() as u64,
-                    Err(_) => return,
-                }
-                if drained > DRAIN_AFTER_REFUSAL_BYTES {
-                    return;
-                }
-            }
-        }
-    });
-    (rx, task)
 }
 
 async fn get_nar(

@@ -13,6 +13,7 @@ mod objects;
 mod s3;
 mod schema;
 mod side;
+mod tokens;
 
 pub use caches::{CacheRow, NewCache};
 pub use error::MetaError;
@@ -21,6 +22,7 @@ pub use s3::{
     BucketDelete, BucketRow, KeyInsert, KeyWindow, NewObject, ObjectSummary, PartRow, S3Grant,
     S3Key, S3ObjectRow, UploadRow, WriteOutcome,
 };
+pub use tokens::TokenRow;
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};

@@ -4,24 +4,28 @@
 //! check permissions, drive the Nix format parsers, and use the chunk store and
 //! the metadata database. Nothing here imports axum or rusqlite.
 
+mod attic;
 mod caches;
 mod decode;
 mod error;
 mod serve;
 mod side;
+mod tokens;
 mod upload;
 mod verify;
 
+pub use attic::{NarInfoSource, UploadPathNarInfo, UploadPathResult};
 pub use caches::{CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, RetentionPeriod};
 pub use error::ServiceError;
 pub use serve::{is_served_nar_name, ByteRange, NarBody, NarResponse};
 pub use side::SideKind;
+pub use tokens::{Inspected, MintRequest, Minted, RevokeRequest};
 pub use upload::BodyRx;
 pub use verify::{DamagedPath, VerifyReport};
 
 use std::sync::Arc;
 
-use crate::auth::{Authenticator, Caller, Permission};
+use crate::auth::{Caller, Permission, TokenAuthority};
 use crate::config::Config;
 use crate::meta::{CacheRow, Meta};
 use crate::store::ChunkStore;
@@ -34,7 +38,8 @@ pub struct Larder {
     pub meta: Meta,
     /// `None` when opened for metadata only (the CLI beside a running server).
     store: Option<ChunkStore>,
-    pub auth: Arc<dyn Authenticator>,
+    /// Checks presented tokens (the admin token and scoped tokens) and mints new ones.
+    pub tokens: Arc<TokenAuthority>,
 }
 
 /// Totals for `larder stats`.
@@ -69,33 +74,39 @@ impl Larder {
     pub fn open(
         config: Config,
         base_url: String,
-        auth: Arc<dyn Authenticator>,
+        admin_token: Option<String>,
     ) -> Result<Self, ServiceError> {
         let meta = Meta::open(&config.data_dir)?;
         let store = Some(ChunkStore::open_local(&config.data_dir, config.zstd_level)?);
-        Ok(Self {
+        let tokens = Arc::new(
+            TokenAuthority::open(&config.data_dir, admin_token)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+        );
+        let larder = Self {
             config,
             base_url,
             meta,
             store,
-            auth,
-        })
+            tokens,
+        };
+        larder.refresh_revoked()?;
+        Ok(larder)
     }
 
     /// Open only the metadata: enough to manage caches while a server holds the
     /// chunk index.
-    pub fn open_meta_only(
-        config: Config,
-        base_url: String,
-        auth: Arc<dyn Authenticator>,
-    ) -> Result<Self, ServiceError> {
+    pub fn open_meta_only(config: Config, base_url: String) -> Result<Self, ServiceError> {
         let meta = Meta::open(&config.data_dir)?;
+        let tokens = Arc::new(
+            TokenAuthority::open(&config.data_dir, None)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+        );
         Ok(Self {
             config,
             base_url,
             meta,
             store: None,
-            auth,
+            tokens,
         })
     }
 
@@ -160,7 +171,6 @@ pub(crate) fn require_admin(caller: &Caller) -> Result<(), ServiceError> {
     match caller {
         Caller::Admin => Ok(()),
         Caller::Anonymous => Err(ServiceError::Unauthorized("missing token".into())),
-        #[allow(unreachable_patterns)]
-        _ => Err(ServiceError::Forbidden("this needs the admin token".into())),
+        Caller::Token(_) => Err(ServiceError::Forbidden("this needs the admin token".into())),
     }
 }

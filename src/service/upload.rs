@@ -139,12 +139,22 @@ impl Larder {
         compression: Option<Compression>,
         body: BodyRx,
     ) -> Result<StreamedNar, ServiceError> {
+        self.ingest_nar_from(compression, Bytes::new(), body)
+    }
+
+    /// Like [`Larder::ingest_nar`], with `first` as the body's opening bytes.
+    pub(crate) fn ingest_nar_from(
+        &self,
+        compression: Option<Compression>,
+        first: Bytes,
+        body: BodyRx,
+    ) -> Result<StreamedNar, ServiceError> {
         let reject: RejectSlot = Arc::new(Mutex::new(None));
         let limit = self.config.max_nar_bytes;
         let raw = ChannelReader {
             rx: body,
-            current: Bytes::new(),
-            received: 0,
+            received: first.len() as u64,
+            current: first,
             limit,
             reject: reject.clone(),
         };

@@ -6,9 +6,13 @@
 //! [`Permission`]. The bootstrap admin token is one authenticator; scoped tokens
 //! plug in as another without changing callers.
 
+pub mod grants;
+pub mod paseto;
+
 use std::sync::Arc;
 
-use subtle::ConstantTimeEq;
+pub use grants::{Grants, PermSet};
+pub use paseto::{TokenAuthority, TokenClaims};
 
 /// The seven permissions, as in Attic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,6 +27,24 @@ pub enum Permission {
 }
 
 impl Permission {
+    pub const ALL: [Permission; 7] = [
+        Permission::Pull,
+        Permission::Push,
+        Permission::Delete,
+        Permission::CreateCache,
+        Permission::ConfigureCache,
+        Permission::ConfigureCacheRetention,
+        Permission::DestroyCache,
+    ];
+
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Permission::Pull => "pull",
@@ -42,20 +64,39 @@ pub enum Caller {
     /// No token was sent.
     Anonymous,
     /// The bootstrap admin token: every permission on every cache, and server
-    /// administration (stats, verify).
+    /// administration (stats, verify, tokens).
     Admin,
+    /// A scoped token.
+    Token(Arc<TokenClaims>),
 }
 
 impl Caller {
     /// Whether the caller holds `perm` on the cache named `cache`.
-    pub fn can(&self, _cache: &str, _perm: Permission) -> bool {
-        matches!(self, Caller::Admin)
+    pub fn can(&self, cache: &str, perm: Permission) -> bool {
+        match self {
+            Caller::Anonymous => false,
+            Caller::Admin => true,
+            Caller::Token(c) => c.caches.for_cache(cache).contains(perm),
+        }
     }
 
     /// Whether the caller holds any permission at all on `cache` (used so that a
     /// caller with none cannot tell a private cache from a missing one).
-    pub fn has_any(&self, _cache: &str) -> bool {
-        matches!(self, Caller::Admin)
+    pub fn has_any(&self, cache: &str) -> bool {
+        match self {
+            Caller::Anonymous => false,
+            Caller::Admin => true,
+            Caller::Token(c) => !c.caches.for_cache(cache).is_empty(),
+        }
+    }
+
+    /// Who, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".into(),
+            Caller::Admin => "admin".into(),
+            Caller::Token(c) => format!("token {} ({})", c.jti, c.sub),
+        }
     }
 
     pub fn is_admin(&self) -> bool {
@@ -72,32 +113,20 @@ impl Caller {
 pub enum AuthError {
     #[error("invalid token")]
     Invalid,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token revoked")]
+    Revoked,
+    /// The token key could not be read or written: the operator's to fix.
+    #[error("token key: {0}")]
+    Key(String),
 }
 
 /// Turns a presented token into a caller.
 pub trait Authenticator: Send + Sync {
     fn authenticate(&self, token: Option<&str>) -> Result<Caller, AuthError>;
-}
-
-/// Accepts exactly the bootstrap admin token.
-pub struct AdminToken {
-    token: String,
-}
-
-impl AdminToken {
-    pub fn new(token: String) -> Arc<Self> {
-        Arc::new(Self { token })
-    }
-}
-
-impl Authenticator for AdminToken {
-    fn authenticate(&self, token: Option<&str>) -> Result<Caller, AuthError> {
-        match token {
-            None => Ok(Caller::Anonymous),
-            Some(t) if bool::from(t.as_bytes().ct_eq(self.token.as_bytes())) => Ok(Caller::Admin),
-            Some(_) => Err(AuthError::Invalid),
-        }
-    }
 }
 
 /// Extract a token from an `Authorization` header value: `Bearer <t>` (any case)
@@ -175,17 +204,6 @@ mod tests {
         assert_eq!(
             token_from_header(Some(b"Basic !!!")),
             Err(AuthError::Invalid)
-        );
-    }
-
-    #[test]
-    fn admin_token() {
-        let a = AdminToken::new("s3cret".into());
-        assert!(a.authenticate(Some("s3cret")).unwrap().is_admin());
-        assert!(a.authenticate(None).unwrap().is_anonymous());
-        assert_eq!(
-            a.authenticate(Some("nope")).unwrap_err(),
-            AuthError::Invalid
         );
     }
 }

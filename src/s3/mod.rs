@@ -1,0 +1,199 @@
+//! The S3 edge: an S3-compatible API over larder's chunk store, so objects put
+//! by any S3 tool are chunked and deduplicated with the NARs.
+//!
+//! Built on `s3s`, which parses requests into typed operations, verifies SigV4
+//! (header, presigned, aws-chunked with or without trailers) and SigV2, refuses
+//! requests outside the clock-skew window, and writes the XML. Inside:
+//!
+//! - `router.rs`: one [`Endpoint`] per operation larder serves, and the right each
+//!   needs;
+//! - `auth.rs`: access keys and the per-request access check, Host-based
+//!   (virtual-hosted-style) addressing;
+//! - `dispatch.rs`: the one dispatch from operations to handlers;
+//! - `bucket.rs`, `put.rs`, `get.rs`, `list.rs`, `copy.rs`, `delete.rs`,
+//!   `multipart.rs`: one file per operation family;
+//! - `object.rs` (headers, checksums, ETags, conditions) and `body.rs` (bodies
+//!   streamed into and out of the chunk store);
+//! - `error.rs`: the one place errors become S3 codes;
+//! - `keys.rs`: access keys and their grants, shared with `larder s3 key`.
+//!
+//! Object metadata lives in SQLite (`meta/s3.rs`); object bytes only in the chunk
+//! store. This module does not touch the Nix protocol and the Nix side does not
+//! know it exists; they meet only in the chunk store. See `docs/design/s3.md`.
+
+mod auth;
+mod body;
+mod bucket;
+mod copy;
+mod delete;
+mod dispatch;
+mod error;
+mod get;
+pub mod keys;
+mod list;
+mod multipart;
+mod object;
+mod put;
+mod router;
+
+pub use auth::{HostStyle, S3Caller};
+pub use error::S3ApiError;
+pub use router::Endpoint;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::config::{S3Config as WireConfig, StaticConfigProvider};
+use s3s::service::{S3Service, S3ServiceBuilder};
+
+use crate::service::Larder;
+
+/// Largest XML request body (DeleteObjects of 1000 keys, CompleteMultipartUpload
+/// of 10000 parts).
+const MAX_XML_BODY: usize = 8 << 20;
+/// How far a signed request's time may be from ours (AWS's window).
+const CLOCK_SKEW_SECS: u32 = 15 * 60;
+/// Pause after a failed accept (out of file descriptors, say) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The S3 service over `larder` (its region and S3 host from the config).
+pub fn service(larder: Arc<Larder>) -> S3Service {
+    let region = larder.config.s3.region.clone();
+    let host = larder.config.s3.host.clone();
+    let mut b = S3ServiceBuilder::new(dispatch::LarderS3 {
+        larder: larder.clone(),
+        region: region.clone(),
+    });
+    b.set_auth(auth::KeyAuth {
+        larder: larder.clone(),
+    });
+    b.set_access(auth::Access { larder, region });
+    b.set_host(HostStyle::new(host));
+    let mut wire = WireConfig::default();
+    wire.xml_max_body_size = MAX_XML_BODY;
+    wire.presigned_url_max_skew_time_secs = CLOCK_SKEW_SECS;
+    b.set_config(Arc::new(StaticConfigProvider::new(Arc::new(wire))));
+    b.build()
+}
+
+/// Serve the S3 API on its own listener until `shutdown` resolves (connections
+/// in flight then end with the process). Every accepted socket gets TCP_NODELAY.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    larder: Arc<Larder>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = service(larder);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, _) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "S3 listener: accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "could not set TCP_NODELAY");
+                }
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
+                        tracing::debug!(error = %e, "S3 connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    Ok(())
+}
+
+/// Is `host` (a Host header, maybe with a port) the S3 host or one of its
+/// virtual-hosted bucket names?
+pub fn is_s3_host(host: &str, s3_host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case(s3_host)
+        || (name.len() > s3_host.len() + 1
+            && name[name.len() - s3_host.len()..].eq_ignore_ascii_case(s3_host)
+            && name.as_bytes()[name.len() - s3_host.len() - 1] == b'.')
+}
+
+/// Answer one request of the main listener whose Host is the S3 host.
+pub async fn handle(
+    service: &S3Service,
+    req: hyper::Request<axum::body::Body>,
+) -> hyper::Response<axum::body::Body> {
+    let req = req.map(s3s::Body::http_body_unsync);
+    match service.call(req).await {
+        Ok(resp) => resp.map(axum::body::Body::new),
+        Err(e) => {
+            tracing::error!(error = ?e, "S3 request failed outside the protocol");
+            let mut r = hyper::Response::new(axum::body::Body::empty());
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    }
+}
+
+/// The future a Host-routing middleware answers with.
+pub type HookFuture = std::pin::Pin<Box<dyn Future<Output = axum::response::Response> + Send>>;
+
+/// A middleware for the main router: requests whose Host is the S3 host (or a
+/// bucket under it) go to the S3 API, everything else on to the Nix routes.
+/// `None` when no `s3_host` is configured.
+pub fn host_layer(
+    larder: Arc<Larder>,
+) -> Option<
+    impl Fn(axum::extract::Request, axum::middleware::Next) -> HookFuture
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+> {
+    let s3_host = larder.config.s3.host.clone()?;
+    let service = service(larder);
+    Some(
+        move |req: axum::extract::Request, next: axum::middleware::Next| -> HookFuture {
+            let service = service.clone();
+            let s3_host = s3_host.clone();
+            Box::pin(async move {
+                let host = req
+                    .headers()
+                    .get(hyper::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| req.uri().authority().map(|a| a.to_string()));
+                match host {
+                    Some(h) if is_s3_host(&h, &s3_host) => handle(&service, req).await,
+                    _ => next.run(req).await,
+                }
+            })
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_hosts() {
+        assert!(is_s3_host("s3.example.com", "s3.example.com"));
+        assert!(is_s3_host("S3.Example.com:8080", "s3.example.com"));
+        assert!(is_s3_host("photos.s3.example.com", "s3.example.com"));
+        assert!(!is_s3_host("xs3.example.com", "s3.example.com"));
+        assert!(!is_s3_host("cache.example.com", "s3.example.com"));
+        assert!(!is_s3_host("127.0.0.1:8080", "s3.example.com"));
+    }
+}
