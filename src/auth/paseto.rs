@@ -7,11 +7,11 @@
 //! chain names it; the revoked set is held in memory and refreshed from the
 //! metadata database by the server.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use pasetors::claims::{Claims, ClaimsValidationRules};
 use pasetors::keys::SymmetricKey;
@@ -63,7 +63,14 @@ pub struct TokenAuthority {
     key: SymmetricKey<V4>,
     admin: Option<String>,
     revoked: RwLock<Arc<HashSet<String>>>,
+    /// Tokens already decrypted, so a client sending the same token on every
+    /// request pays for the cryptography once. Times and revocation are still
+    /// checked on every use.
+    verified: Mutex<HashMap<String, Arc<TokenClaims>>>,
 }
+
+/// How many decrypted tokens are remembered before the memo is cleared.
+const VERIFIED_MEMO_MAX: usize = 4096;
 
 impl TokenAuthority {
     /// Load `<dir>/token.key`, creating it (0600) when absent.
@@ -107,6 +114,7 @@ impl TokenAuthority {
             key,
             admin,
             revoked: RwLock::new(Arc::new(HashSet::new())),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -213,11 +221,33 @@ impl Authenticator for TokenAuthority {
         if !t.starts_with(TOKEN_PREFIX) {
             return Err(AuthError::Invalid);
         }
-        let claims = self.decode(t)?;
+        let memo = self.verified.lock().ok().and_then(|m| m.get(t).cloned());
+        let claims = match memo {
+            Some(c) => {
+                let now = OffsetDateTime::now_utc().unix_timestamp();
+                if now > c.exp {
+                    return Err(AuthError::Expired);
+                }
+                if now < c.nbf || now < c.iat {
+                    return Err(AuthError::NotYetValid);
+                }
+                c
+            }
+            None => {
+                let c = Arc::new(self.decode(t)?);
+                if let Ok(mut m) = self.verified.lock() {
+                    if m.len() >= VERIFIED_MEMO_MAX {
+                        m.clear();
+                    }
+                    m.insert(t.to_owned(), c.clone());
+                }
+                c
+            }
+        };
         if self.is_revoked(&claims) {
             return Err(AuthError::Revoked);
         }
-        Ok(Caller::Token(Arc::new(claims)))
+        Ok(Caller::Token(claims))
     }
 }
 
@@ -276,5 +306,15 @@ mod tests {
         // The key persists.
         let again = TokenAuthority::open(dir.path(), None).unwrap();
         assert_eq!(again.decode(&t).unwrap(), c);
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = TokenAuthority::open(dir.path(), None).unwrap();
+        let t = a.mint(&claims(0, 1)).unwrap();
+        assert!(matches!(a.authenticate(Some(&t)), Ok(Caller::Token(_))));
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(a.authenticate(Some(&t)).unwrap_err(), AuthError::Expired);
     }
 }
