@@ -47,6 +47,18 @@ pub struct FileConfig {
     pub allowed_hosts: Option<Vec<String>>,
     /// HTTPS (`[tls]`, `[tls.acme]`): see `crate::tls::config`.
     pub tls: Option<crate::tls::config::TlsFileConfig>,
+    /// The admin token, from a file or a systemd credential (`crate::bootstrap::secret`);
+    /// without it the token lives in `<data_dir>/admin.token`.
+    pub admin_token_file: Option<String>,
+    /// Declared state made so on every start (`crate::bootstrap`).
+    #[serde(default)]
+    pub caches: Vec<crate::bootstrap::declared::CacheDecl>,
+    #[serde(default)]
+    pub tokens: Vec<crate::bootstrap::declared::TokenDecl>,
+    #[serde(default)]
+    pub s3_keys: Vec<crate::bootstrap::declared::S3KeyDecl>,
+    #[serde(default)]
+    pub s3_buckets: Vec<crate::bootstrap::declared::S3BucketDecl>,
 }
 
 /// The S3 region when the config names none.
@@ -147,6 +159,10 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// The S3 API (`s3_listen`, `s3_region`, `s3_host`).
     pub s3: S3Config,
+    /// `admin_token_file`, when set.
+    pub admin_token_file: Option<crate::bootstrap::SecretFile>,
+    /// `[[caches]]`, `[[tokens]]`, `[[s3_keys]]`, `[[s3_buckets]]`.
+    pub declared: crate::bootstrap::Declared,
 }
 
 impl FileConfig {
@@ -210,7 +226,23 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("trusted_upload_keys: {k:?}: {e}")))?;
         }
         let public_url = file.public_url.map(|u| u.trim_end_matches('/').to_owned());
-        let tls = file.tls.map(crate::tls::TlsSettings::resolve).transpose()?;
+        let tls = file
+            .tls
+            .map(crate::bootstrap::secret::tls_credentials)
+            .map(crate::tls::TlsSettings::resolve)
+            .transpose()?;
+        let admin_token_file = file
+            .admin_token_file
+            .as_deref()
+            .map(|v| crate::bootstrap::SecretFile::parse("admin_token_file", v))
+            .transpose()?;
+        let declared = crate::bootstrap::Declared::resolve(
+            file.caches,
+            file.tokens,
+            file.s3_keys,
+            file.s3_buckets,
+            &data_dir,
+        )?;
         if let Some(t) = &tls {
             if t.listen.contains(&listen) {
                 return Err(ConfigError::Invalid(format!(
@@ -237,6 +269,8 @@ impl Config {
             allowed_hosts,
             tls,
             s3,
+            admin_token_file,
+            declared,
         })
     }
 

@@ -5,6 +5,7 @@
 //! `meta` (SQLite rows). `nix` holds the Nix formats as pure code with no I/O.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod http;
 pub mod meta;

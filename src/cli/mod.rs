@@ -4,6 +4,7 @@
 //! `LARDER_SERVER`/`LARDER_TOKEN`) or directly on a data dir (`--data-dir`), with
 //! the same service code behind both.
 
+mod check_config;
 mod remote;
 mod s3;
 mod serve;
@@ -38,6 +39,8 @@ pub struct Args {
 enum Command {
     /// Run the server.
     Serve(serve::ServeArgs),
+    /// Validate a config file: no secrets read, no network, no data dir.
+    CheckConfig(check_config::CheckConfigArgs),
     /// Manage caches.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -216,6 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let admin = Caller::Admin;
     match args.command {
         Command::Serve(a) => serve::run(a),
+        Command::CheckConfig(a) => check_config::run(a),
         Command::S3(cmd) => s3::run(cmd),
         Command::Tls(cmd) => tls::run(cmd),
         Command::Token(cmd) => {

@@ -84,7 +84,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .create(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
-    let (token, fresh) = admin_token(&config.data_dir)?;
+    let (token, fresh) = match larder::bootstrap::admin_token(&config)? {
+        Some(t) => (t, false),
+        None => admin_token(&config.data_dir)?,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,8 +119,19 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             Larder::open(config, base, Some(token.clone()))
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", data_dir.display()))?,
         );
+        // The declared caches, tokens and S3 keys, made so before any request.
+        let declared = larder.config.declared.clone();
+        let boot = larder.clone();
+        let report =
+            tokio::task::spawn_blocking(move || larder::bootstrap::apply(&boot, &declared))
+                .await
+                .context("bootstrap")?
+                .context("bootstrapping the declared state")?;
         {
             let mut out = std::io::stdout().lock();
+            for line in &report.changes {
+                writeln!(out, "bootstrap: {line}")?;
+            }
             if fresh {
                 writeln!(out, "admin token: {token}")?;
                 writeln!(
