@@ -5,6 +5,7 @@
 //! the same service code behind both.
 
 mod check_config;
+mod client;
 mod remote;
 mod s3;
 mod serve;
@@ -60,6 +61,14 @@ enum Command {
     /// The S3 API: access keys (`larder s3 key ...`).
     #[command(subcommand)]
     S3(s3::S3Command),
+    /// Save a server and its token for the client commands (`NAME:cache`).
+    Login(client::LoginArgs),
+    /// Print (or `--write`) the nix.conf and netrc lines that use a cache.
+    Use(client::UseArgs),
+    /// Push store paths and their closures to a cache.
+    Push(client::PushArgs),
+    /// Push new store paths as they appear (or `--enqueue` them from a hook).
+    WatchStore(client::WatchArgs),
     /// Check every stored NAR against its NarHash; exits 1 when damage is found.
     Verify {
         #[command(flatten)]
@@ -134,9 +143,12 @@ enum CacheCommand {
         store_dir: Option<String>,
         #[arg(long = "upstream-cache-key-name")]
         upstream_cache_key_names: Vec<String>,
-        /// Seconds, or "global".
-        #[arg(long)]
+        /// "global", seconds, or a duration such as 30d, 1y, "3 months".
+        #[arg(long, conflicts_with = "reset_retention_period")]
         retention_period: Option<String>,
+        /// Back to the server's global retention.
+        #[arg(long)]
+        reset_retention_period: bool,
         #[arg(long)]
         regenerate_keypair: bool,
         #[arg(long)]
@@ -147,6 +159,9 @@ enum CacheCommand {
         name: String,
         #[command(flatten)]
         target: Target,
+        /// Accepted for `attic cache destroy` compatibility; larder never asks.
+        #[arg(long)]
+        no_confirm: bool,
     },
 }
 
@@ -222,6 +237,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(a) => check_config::run(a),
         Command::S3(cmd) => s3::run(cmd),
         Command::Tls(cmd) => tls::run(cmd),
+        Command::Login(a) => client::login(a),
+        Command::Use(a) => client::use_cache(a),
+        Command::Push(a) => client::push_paths(a),
+        Command::WatchStore(a) => client::watch_store(a),
         Command::Token(cmd) => {
             token::run(cmd)?;
             Ok(ExitCode::SUCCESS)
@@ -236,6 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     store_dir,
                     upstream_cache_key_names,
                 } => {
+                    let (target, name) = target.resolve_cache(&name)?;
                     let req = CacheCreate {
                         keypair: KeypairSpec::Generate,
                         is_public: public,
@@ -251,6 +271,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     print_config(&name, &cfg, false)?;
                 }
                 CacheCommand::List { target, json } => {
+                    let target = target.resolve_default()?;
                     let list: Vec<(String, CacheConfig)> = match target.session(false)? {
                         Session::Remote(c) => c.list_caches()?,
                         Session::Local(l) => svc(l.list_caches(&admin))?,
@@ -278,6 +299,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
                 CacheCommand::Info { name, target, json } => {
+                    let (target, name) = target.resolve_cache(&name)?;
                     let cfg = match target.session(false)? {
                         Session::Remote(c) => c.cache_config(&name)?,
                         Session::Local(l) => svc(l.cache_config(&admin, &name))?,
@@ -293,17 +315,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     store_dir,
                     upstream_cache_key_names,
                     retention_period,
+                    reset_retention_period,
                     regenerate_keypair,
                     json,
                 } => {
+                    let (target, name) = target.resolve_cache(&name)?;
                     let retention_period = match retention_period.as_deref() {
+                        None if reset_retention_period => Some(RetentionPeriod::Global),
                         None => None,
-                        Some(s) if s.eq_ignore_ascii_case("global") => {
-                            Some(RetentionPeriod::Global)
-                        }
-                        Some(s) => Some(RetentionPeriod::Period(s.parse().with_context(|| {
-                            format!("--retention-period {s:?}: seconds or \"global\"")
-                        })?)),
+                        Some(s) => Some(
+                            match client::parse_retention(s)
+                                .with_context(|| format!("--retention-period {s:?}"))?
+                            {
+                                None => RetentionPeriod::Global,
+                                Some(n) => RetentionPeriod::Period(n),
+                            },
+                        ),
                     };
                     let patch = CacheConfigPatch {
                         keypair: regenerate_keypair.then_some(KeypairSpec::Generate),
@@ -326,7 +353,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     };
                     print_config(&name, &cfg, json)?;
                 }
-                CacheCommand::Destroy { name, target } => {
+                CacheCommand::Destroy {
+                    name,
+                    target,
+                    no_confirm: _,
+                } => {
+                    let (target, name) = target.resolve_cache(&name)?;
                     match target.session(false)? {
                         Session::Remote(c) => c.destroy_cache(&name)?,
                         Session::Local(l) => svc(l.destroy_cache(&admin, &name))?,

@@ -1,0 +1,268 @@
+//! `larder use CACHE`: the nix.conf lines and netrc entry that make a cache a
+//! substituter, printed, or installed with `--write`.
+//!
+//! Installing edits two files in place and is idempotent:
+//! - nix.conf: the URL is added to `extra-substituters` and the key to
+//!   `extra-trusted-public-keys` (replacing an older key of the same name, so a
+//!   rotated key does not pile up), and `netrc-file` points at the netrc;
+//! - netrc (mode 0600): one `machine HOST password TOKEN` line, replacing any
+//!   earlier line for that host. Nix sends it as HTTP Basic with an empty user,
+//!   which larder accepts. A public cache used without a token needs no netrc.
+//!
+//! Where: `--nix-conf PATH` / `--netrc PATH`, else `$NIX_CONF_DIR/nix.conf` when
+//! `NIX_CONF_DIR` is set, else the user's `$XDG_CONFIG_HOME/nix/nix.conf`; the
+//! netrc defaults to the `netrc-file` already named there, else `netrc` beside it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::config::{create_dir, write_private, xdg_config_home};
+
+/// Mode of a netrc: it holds a token.
+const NETRC_MODE: u32 = 0o600;
+/// Mode of a newly written nix.conf.
+const NIX_CONF_MODE: u32 = 0o644;
+
+/// What `use` installs.
+#[derive(Clone, Debug)]
+pub struct UseLines {
+    pub substituter: String,
+    pub public_key: String,
+    pub host: String,
+    pub token: Option<String>,
+}
+
+/// The host part of a URL, without user info or port (what netrc matches).
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// The nix.conf to edit when none is named.
+pub fn default_nix_conf() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("NIX_CONF_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("nix.conf"));
+    }
+    Ok(xdg_config_home()?.join("nix").join("nix.conf"))
+}
+
+/// Split a nix.conf line into (key, values) when it is an assignment.
+fn assignment(line: &str) -> Option<(&str, &str)> {
+    let body = line.split('#').next().unwrap_or("");
+    let (k, v) = body.split_once('=')?;
+    let k = k.trim();
+    (!k.is_empty() && !k.contains(char::is_whitespace)).then_some((k, v.trim()))
+}
+
+/// Set `key` in nix.conf text: `edit` turns the current values (if any) into
+/// the new ones.
+fn set_key(text: &str, key: &str, edit: impl Fn(Vec<String>) -> Vec<String>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut found = false;
+    for line in text.lines() {
+        match assignment(line) {
+            Some((k, v)) if k == key && !found => {
+                found = true;
+                let values = edit(v.split_whitespace().map(str::to_owned).collect());
+                out.push(format!("{key} = {}", values.join(" ")));
+            }
+            Some((k, _)) if k == key => {} // a later duplicate would override ours
+            _ => out.push(line.to_owned()),
+        }
+    }
+    if !found {
+        out.push(format!("{key} = {}", edit(Vec::new()).join(" ")));
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+/// The value of `key` in nix.conf text.
+pub fn get_key(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .filter_map(assignment)
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// nix.conf text with the cache added.
+pub fn edit_nix_conf(text: &str, lines: &UseLines, netrc: Option<&Path>) -> String {
+    let url = lines.substituter.clone();
+    let mut t = set_key(text, "extra-substituters", |mut v| {
+        if !v.contains(&url) {
+            v.push(url.clone());
+        }
+        v
+    });
+    let key = lines.public_key.clone();
+    let key_name = key.split(':').next().unwrap_or("").to_owned();
+    t = set_key(&t, "extra-trusted-public-keys", |v| {
+        let mut v: Vec<String> = v
+            .into_iter()
+            .filter(|k| k.split(':').next() != Some(key_name.as_str()))
+            .collect();
+        v.push(key.clone());
+        v
+    });
+    if let Some(n) = netrc {
+        let n = n.display().to_string();
+        t = set_key(&t, "netrc-file", |_| vec![n.clone()]);
+    }
+    t
+}
+
+/// netrc text with one `machine HOST password TOKEN` line for the host.
+pub fn edit_netrc(text: &str, host: &str, token: &str) -> String {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            let mut w = l.split_whitespace();
+            !(w.next() == Some("machine") && w.next() == Some(host))
+        })
+        .map(str::to_owned)
+        .collect();
+    out.push(format!("machine {host} password {token}"));
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+fn read_or_empty(p: &Path) -> anyhow::Result<String> {
+    match fs::read_to_string(p) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// Where the files go.
+pub struct Destinations {
+    pub nix_conf: PathBuf,
+    pub netrc: PathBuf,
+}
+
+impl Destinations {
+    pub fn resolve(nix_conf: Option<PathBuf>, netrc: Option<PathBuf>) -> anyhow::Result<Self> {
+        let nix_conf = match nix_conf {
+            Some(p) => p,
+            None => default_nix_conf()?,
+        };
+        let netrc = match netrc {
+            Some(p) => p,
+            None => match get_key(&read_or_empty(&nix_conf)?, "netrc-file") {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                _ => nix_conf
+                    .parent()
+                    .map(|d| d.join("netrc"))
+                    .unwrap_or_else(|| PathBuf::from("netrc")),
+            },
+        };
+        Ok(Self { nix_conf, netrc })
+    }
+}
+
+/// The lines `use` prints.
+pub fn render(lines: &UseLines, dest: &Destinations) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("# {}\n", dest.nix_conf.display()));
+    s.push_str(&format!("extra-substituters = {}\n", lines.substituter));
+    s.push_str(&format!(
+        "extra-trusted-public-keys = {}\n",
+        lines.public_key
+    ));
+    if let Some(t) = &lines.token {
+        s.push_str(&format!("netrc-file = {}\n", dest.netrc.display()));
+        s.push_str(&format!("# {}\n", dest.netrc.display()));
+        s.push_str(&format!("machine {} password {t}\n", lines.host));
+    }
+    s
+}
+
+/// Install the lines into the destination files.
+pub fn install(lines: &UseLines, dest: &Destinations) -> anyhow::Result<()> {
+    let netrc = lines.token.as_ref().map(|_| dest.netrc.as_path());
+    if let (Some(token), Some(path)) = (&lines.token, netrc) {
+        if let Some(dir) = path.parent() {
+            create_dir(dir, 0o755)?;
+        }
+        let text = edit_netrc(&read_or_empty(path)?, &lines.host, token);
+        write_private(path, text.as_bytes(), NETRC_MODE)?;
+    }
+    let conf = &dest.nix_conf;
+    if let Some(dir) = conf.parent() {
+        create_dir(dir, 0o755)?;
+    }
+    let mode = fs::metadata(conf)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(NIX_CONF_MODE);
+    let text = edit_nix_conf(&read_or_empty(conf)?, lines, netrc);
+    write_private(conf, text.as_bytes(), mode)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(key: &str) -> UseLines {
+        UseLines {
+            substituter: "http://h:8080/team-dev".into(),
+            public_key: key.into(),
+            host: "h".into(),
+            token: Some("tok".into()),
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            url_host("http://127.0.0.1:8080/c").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            url_host("https://u:p@cache.example/x").as_deref(),
+            Some("cache.example")
+        );
+        assert_eq!(url_host("http://[::1]:80/c").as_deref(), Some("::1"));
+        assert_eq!(url_host("http:///c"), None);
+    }
+
+    #[test]
+    fn nix_conf_edits_are_idempotent_and_replace_rotated_keys() {
+        let start = "# mine\nextra-substituters = https://other\nsandbox = false\n";
+        let once = edit_nix_conf(start, &lines("team-dev:AAA="), Some(Path::new("/n")));
+        let twice = edit_nix_conf(&once, &lines("team-dev:AAA="), Some(Path::new("/n")));
+        assert_eq!(once, twice);
+        assert!(once.contains("extra-substituters = https://other http://h:8080/team-dev\n"));
+        assert!(once.contains("extra-trusted-public-keys = team-dev:AAA=\n"));
+        assert!(once.contains("netrc-file = /n\n"));
+        assert!(once.starts_with("# mine\n") && once.contains("sandbox = false\n"));
+        let rotated = edit_nix_conf(&once, &lines("team-dev:BBB="), None);
+        assert!(
+            rotated.contains("extra-trusted-public-keys = team-dev:BBB=\n"),
+            "{rotated}"
+        );
+        assert!(!rotated.contains("AAA"));
+    }
+
+    #[test]
+    fn netrc_keeps_one_line_per_host() {
+        let t = edit_netrc(
+            "machine other password x\nmachine h password old\n",
+            "h",
+            "new",
+        );
+        assert_eq!(t, "machine other password x\nmachine h password new\n");
+    }
+}
