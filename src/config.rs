@@ -281,7 +281,7 @@ impl Config {
                 .trim()
                 .parse::<SocketAddr>()
                 .map_err(|e| ConfigError::Invalid(format!("--s3-listen address {f:?}: {e}")))?;
-            if addr == self.listen {
+            if addr == self.listen && addr.port() != 0 {
                 return Err(ConfigError::Invalid(format!(
                     "--s3-listen {addr} is also the main listen address"
                 )));

@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages the tests use: Nix 2.8 as the real client, curl for poking at a
 # server by hand, shellcheck for the scripts.
-packages=(nix-bin curl ca-certificates shellcheck)
+packages=(nix-bin curl ca-certificates shellcheck awscli rclone s3cmd python3-venv)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -39,6 +39,14 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+# The S3 tests drive the aws cli, rclone and s3cmd (apt, above) and boto3, which
+# comes from pip into a venv of its own, made once.
+venv=target/test-venv
+if ! "$venv/bin/python3" -c 'import boto3' >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet boto3
+fi
 
 nix --version
 cargo --version

@@ -15,5 +15,6 @@ mod cli;
 mod dedup;
 mod durability;
 mod harness;
+mod s3;
 mod side_files;
 mod substitution;

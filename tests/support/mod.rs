@@ -7,6 +7,7 @@
 pub mod http;
 pub mod nix;
 pub mod process;
+pub mod s3;
 pub mod server;
 pub mod workdir;
 

@@ -99,6 +99,9 @@ pub struct Server {
     stdout: Vec<Arc<Mutex<Vec<String>>>>,
     stderr_log: PathBuf,
     token: String,
+    /// Extra `larder serve` arguments and environment, for every start.
+    extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -109,6 +112,19 @@ impl Server {
 
     pub fn start_with(launch: Launch) -> Server {
         let mut s = Server::new_stopped(launch);
+        s.spawn();
+        s
+    }
+
+    /// Starts a server with extra `larder serve` arguments and environment (kept
+    /// for restarts), e.g. `--s3-listen 127.0.0.1:0`.
+    pub fn start_with_extra(launch: Launch, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut s = Server::new_stopped(launch);
+        s.extra_args = args.iter().map(|a| a.to_string()).collect();
+        s.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         s.spawn();
         s
     }
@@ -127,6 +143,8 @@ impl Server {
             stdout: Vec::new(),
             stderr_log,
             token: String::new(),
+            extra_args: Vec::new(),
+            extra_env: Vec::new(),
         }
     }
 
@@ -217,6 +235,10 @@ impl Server {
                 cmd.env("LARDER_DATA_DIR", &self.data_dir)
                     .env("LARDER_LISTEN", "127.0.0.1:0");
             }
+        }
+        cmd.args(&self.extra_args);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
         }
         cmd.env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())

@@ -1,0 +1,816 @@
+//! The S3 API against real clients: the aws cli (`s3` and `s3api`), boto3, rclone
+//! and s3cmd each round-trip objects (put, get, list, a 100 MiB multipart upload,
+//! presigned URLs, ranged reads, copies, deleting many); refusals carry the right
+//! S3 error codes; bad input is a 4xx; an object and a NAR share chunks; answered
+//! PUTs survive kill -9; overwrites are atomic; big uploads run in flat memory.
+
+use std::time::{Duration, SystemTime};
+
+use crate::support::http::{self, Auth, RawOutcome};
+use crate::support::s3::{random_file, status_and_code, RawRequest, S3Larder};
+use crate::support::server::{parse_json, Launch, Server};
+
+/// Size of the multipart upload every client makes.
+const BIG: usize = 100 << 20;
+
+fn read(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+#[track_caller]
+fn assert_same(a: &[u8], b: &[u8], what: &str) {
+    assert!(
+        a.len() == b.len() && a == b,
+        "{what}: {} bytes vs {} bytes, contents differ",
+        a.len(),
+        b.len()
+    );
+}
+
+fn json(out: &crate::support::process::Output) -> serde_json::Value {
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.describe()))
+}
+
+#[test]
+fn s3_aws_cli_round_trips() {
+    let s3 = S3Larder::start();
+    let k = &s3.admin;
+    let w = s3.work();
+    let small = random_file(&w.join("small.txt"), 5000, 1);
+    let big = random_file(&w.join("big.bin"), BIG, 2);
+    let p = |name: &str| w.join(name).to_str().unwrap().to_string();
+
+    s3.aws(k, &["s3", "mb", "s3://awscli"]).ok();
+    s3.aws(
+        k,
+        &[
+            "s3",
+            "cp",
+            "--no-progress",
+            &p("small.txt"),
+            "s3://awscli/docs/small.txt",
+        ],
+    )
+    .ok();
+    let ls = s3.aws(k, &["s3", "ls", "s3://awscli/docs/"]).ok();
+    assert!(
+        ls.stdout.contains("small.txt") && ls.stdout.contains("5000"),
+        "{}",
+        ls.stdout
+    );
+
+    // 100 MiB: the aws cli splits it into 8 MiB parts.
+    s3.aws(
+        k,
+        &[
+            "s3",
+            "cp",
+            "--no-progress",
+            &p("big.bin"),
+            "s3://awscli/big.bin",
+        ],
+    )
+    .ok();
+    let head = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "head-object",
+                "--bucket",
+                "awscli",
+                "--key",
+                "big.bin",
+            ],
+        )
+        .ok(),
+    );
+    assert_eq!(head["ContentLength"], BIG as u64, "{head}");
+    assert!(head["ETag"].as_str().unwrap().ends_with("-13\""), "{head}");
+    s3.aws(
+        k,
+        &[
+            "s3",
+            "cp",
+            "--no-progress",
+            "s3://awscli/big.bin",
+            &p("big.back"),
+        ],
+    )
+    .ok();
+    assert_same(&read(&w.join("big.back")), &big, "100 MiB back");
+
+    // Ranged GET.
+    let r = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "get-object",
+                "--bucket",
+                "awscli",
+                "--key",
+                "big.bin",
+                "--range",
+                "bytes=9000000-9000999",
+                &p("range.out"),
+            ],
+        )
+        .ok(),
+    );
+    assert_eq!(r["ContentRange"], "bytes 9000000-9000999/104857600", "{r}");
+    assert_same(
+        &read(&w.join("range.out")),
+        &big[9_000_000..9_001_000],
+        "range",
+    );
+
+    // Presigned GET.
+    let url = s3
+        .aws(
+            k,
+            &[
+                "s3",
+                "presign",
+                "s3://awscli/docs/small.txt",
+                "--expires-in",
+                "300",
+            ],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let got = http::get(&url, Auth::None);
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_same(&got.body, &small, "presigned GET");
+
+    // Copy (server side).
+    s3.aws(
+        k,
+        &[
+            "s3",
+            "cp",
+            "s3://awscli/docs/small.txt",
+            "s3://awscli/copy/small.txt",
+        ],
+    )
+    .ok();
+    s3.aws(
+        k,
+        &[
+            "s3",
+            "cp",
+            "--no-progress",
+            "s3://awscli/copy/small.txt",
+            &p("copy.out"),
+        ],
+    )
+    .ok();
+    assert_same(&read(&w.join("copy.out")), &small, "copy");
+
+    // Delete many with s3api delete-objects, then the rest with s3 rm --recursive.
+    std::fs::create_dir_all(w.join("many")).unwrap();
+    for i in 0..30 {
+        std::fs::write(w.join(format!("many/f{i:02}")), format!("file {i}")).unwrap();
+    }
+    s3.aws(
+        k,
+        &[
+            "s3",
+            "cp",
+            "--no-progress",
+            "--recursive",
+            &p("many"),
+            "s3://awscli/many/",
+        ],
+    )
+    .ok();
+    let count = |l: &serde_json::Value| l["Contents"].as_array().map_or(0, |a| a.len());
+    let listed = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "list-objects-v2",
+                "--bucket",
+                "awscli",
+                "--prefix",
+                "many/",
+            ],
+        )
+        .ok(),
+    );
+    assert_eq!(count(&listed), 30, "{listed}");
+    let objects: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({"Key": format!("many/f{i:02}")}))
+        .collect();
+    let del = serde_json::json!({"Objects": objects}).to_string();
+    let out = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "delete-objects",
+                "--bucket",
+                "awscli",
+                "--delete",
+                &del,
+            ],
+        )
+        .ok(),
+    );
+    assert_eq!(
+        out["Deleted"].as_array().map(|a| a.len()),
+        Some(20),
+        "{out}"
+    );
+    let listed = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "list-objects-v2",
+                "--bucket",
+                "awscli",
+                "--prefix",
+                "many/",
+            ],
+        )
+        .ok(),
+    );
+    assert_eq!(count(&listed), 10, "{listed}");
+    s3.aws(k, &["s3", "rm", "--recursive", "s3://awscli/many/"])
+        .ok();
+
+    // Listing with a delimiter.
+    let l = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "list-objects-v2",
+                "--bucket",
+                "awscli",
+                "--delimiter",
+                "/",
+            ],
+        )
+        .ok(),
+    );
+    let prefixes: Vec<&str> = l["CommonPrefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, vec!["copy/", "docs/"], "{l}");
+    let keys: Vec<&str> = l["Contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["big.bin"], "{l}");
+
+    // A non-empty bucket is not deleted.
+    let rb = s3
+        .aws(k, &["s3api", "delete-bucket", "--bucket", "awscli"])
+        .fails();
+    assert!(rb.stderr.contains("BucketNotEmpty"), "{}", rb.describe());
+    s3.aws(k, &["s3", "rb", "--force", "s3://awscli"]).ok();
+    let lb = json(&s3.aws(k, &["s3api", "list-buckets"]).ok());
+    assert_eq!(lb["Buckets"].as_array().map(|a| a.len()), Some(0), "{lb}");
+}
+
+#[test]
+fn s3_refusals_carry_s3_error_codes() {
+    let s3 = S3Larder::start();
+    let admin = &s3.admin;
+    s3.aws(admin, &["s3", "mb", "s3://mine"]).ok();
+    s3.aws(admin, &["s3", "mb", "s3://theirs"]).ok();
+    let w = s3.work();
+    std::fs::write(w.join("f"), b"hello").unwrap();
+    let f = w.join("f").to_str().unwrap().to_string();
+    s3.aws(admin, &["s3", "cp", &f, "s3://mine/f"]).ok();
+
+    // A wrong secret.
+    let mut wrong = admin.clone();
+    wrong.secret = "0".repeat(64);
+    let out = s3.aws(&wrong, &["s3api", "list-buckets"]).fails();
+    assert!(
+        out.stderr.contains("SignatureDoesNotMatch"),
+        "{}",
+        out.describe()
+    );
+    // An unknown access key.
+    let mut unknown = admin.clone();
+    unknown.id = "LKNOTAKEY0000000000000000".into();
+    let out = s3.aws(&unknown, &["s3api", "list-buckets"]).fails();
+    assert!(
+        out.stderr.contains("InvalidAccessKeyId"),
+        "{}",
+        out.describe()
+    );
+
+    // A tampered signature.
+    let signer = s3.signer(admin);
+    let o = s3.raw(
+        &signer,
+        RawRequest {
+            method: "GET",
+            target: "/mine/f",
+            signature: Some("0".repeat(64)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(status_and_code(&o), (403, "SignatureDoesNotMatch".into()));
+    // A tampered request: the signature covers the path.
+    let host = s3.addr();
+    let mut good = signer.sign(
+        "GET",
+        &host,
+        "/mine/f",
+        "",
+        &[],
+        "UNSIGNED-PAYLOAD",
+        SystemTime::now(),
+    );
+    good.retain(|(k, _)| k != "host");
+    let mut text = format!("GET /mine/other HTTP/1.1\r\nhost: {host}\r\n");
+    for (k, v) in &good {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("connection: close\r\n\r\n");
+    let o = http::raw(&host, text.as_bytes(), false, Duration::from_secs(30));
+    assert_eq!(status_and_code(&o), (403, "SignatureDoesNotMatch".into()));
+
+    // The same request signed properly works: the refusals above were about the
+    // signature, not the request.
+    let o = s3.raw(
+        &signer,
+        RawRequest {
+            method: "GET",
+            target: "/mine/f",
+            ..Default::default()
+        },
+    );
+    assert_eq!(status_and_code(&o).0, 200);
+
+    // Presigned URLs: valid, then expired (signed 20 minutes ago for 60 s).
+    let url = signer.presign("GET", &host, "/mine/f", 300, SystemTime::now());
+    assert_eq!(http::get(&url, Auth::None).status, 200);
+    let old = SystemTime::now() - Duration::from_secs(1200);
+    let url = signer.presign("GET", &host, "/mine/f", 60, old);
+    let r = http::get(&url, Auth::None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("<Code>AccessDenied</Code>"),
+        "{}",
+        r.text()
+    );
+
+    // Outside the clock-skew window.
+    let o = s3.raw(
+        &signer,
+        RawRequest {
+            method: "GET",
+            target: "/mine/f",
+            at: Some(SystemTime::now() - Duration::from_secs(3600)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(status_and_code(&o), (403, "RequestTimeTooSkewed".into()));
+
+    // Another region.
+    let mut other_region = s3.signer(admin);
+    other_region.region = "us-east-1".into();
+    let o = s3.raw(
+        &other_region,
+        RawRequest {
+            method: "GET",
+            target: "/mine/f",
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        status_and_code(&o),
+        (400, "AuthorizationHeaderMalformed".into())
+    );
+
+    // Anonymous.
+    let r = http::get(&format!("{}/mine/f", s3.endpoint()), Auth::None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("AccessDenied"), "{}", r.text());
+
+    // A key without rights on the bucket; a read-only key writing; a key that may
+    // not create buckets.
+    let reader = s3.key("reader", &[("mine", "--read")]);
+    let out = s3.aws(&reader, &["s3", "cp", "s3://theirs/x", "-"]).fails();
+    assert!(
+        out.stderr.contains("403") || out.stderr.contains("AccessDenied"),
+        "{}",
+        out.describe()
+    );
+    let out = s3
+        .aws(
+            &reader,
+            &[
+                "s3api",
+                "get-object",
+                "--bucket",
+                "theirs",
+                "--key",
+                "x",
+                "/dev/null",
+            ],
+        )
+        .fails();
+    assert!(out.stderr.contains("AccessDenied"), "{}", out.describe());
+    let out = s3
+        .aws(
+            &reader,
+            &[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "mine",
+                "--key",
+                "y",
+                "--body",
+                &f,
+            ],
+        )
+        .fails();
+    assert!(out.stderr.contains("AccessDenied"), "{}", out.describe());
+    let out = s3
+        .aws(&reader, &["s3api", "create-bucket", "--bucket", "newone"])
+        .fails();
+    assert!(out.stderr.contains("AccessDenied"), "{}", out.describe());
+    s3.aws(
+        &reader,
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "mine",
+            "--key",
+            "f",
+            "/dev/null",
+        ],
+    )
+    .ok();
+    // ListBuckets shows only what a key may see.
+    let lb = json(&s3.aws(&reader, &["s3api", "list-buckets"]).ok());
+    let names: Vec<&str> = lb["Buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["mine"]);
+    // Copying needs read on the source too.
+    let writer = s3.key("writer", &[("theirs", "--write")]);
+    let out = s3
+        .aws(
+            &writer,
+            &[
+                "s3api",
+                "copy-object",
+                "--bucket",
+                "theirs",
+                "--key",
+                "c",
+                "--copy-source",
+                "mine/f",
+            ],
+        )
+        .fails();
+    assert!(out.stderr.contains("AccessDenied"), "{}", out.describe());
+    // A key owner of a pattern may create matching buckets only.
+    let team = s3.key("team", &[("team-*", "--read --write --owner")]);
+    s3.aws(&team, &["s3api", "create-bucket", "--bucket", "team-a"])
+        .ok();
+    let out = s3
+        .aws(&team, &["s3api", "create-bucket", "--bucket", "other-a"])
+        .fails();
+    assert!(out.stderr.contains("AccessDenied"), "{}", out.describe());
+    // Deleted keys stop working at once; deny takes rights away.
+    s3.server
+        .local(&["s3", "key", "deny", "reader", "--bucket", "mine"])
+        .ok();
+    let out = s3
+        .aws(
+            &reader,
+            &[
+                "s3api",
+                "get-object",
+                "--bucket",
+                "mine",
+                "--key",
+                "f",
+                "/dev/null",
+            ],
+        )
+        .fails();
+    assert!(out.stderr.contains("AccessDenied"), "{}", out.describe());
+    s3.server.local(&["s3", "key", "delete", "reader"]).ok();
+    let out = s3.aws(&reader, &["s3api", "list-buckets"]).fails();
+    assert!(
+        out.stderr.contains("InvalidAccessKeyId"),
+        "{}",
+        out.describe()
+    );
+    assert!(!s3.server.log().contains("panicked"), "{}", s3.server.log());
+}
+
+#[test]
+fn s3_unsupported_operations_answer_not_implemented() {
+    let s3 = S3Larder::start();
+    let k = &s3.admin;
+    s3.aws(k, &["s3", "mb", "s3://bkt"]).ok();
+    for args in [
+        vec![
+            "s3api",
+            "put-bucket-versioning",
+            "--bucket",
+            "bkt",
+            "--versioning-configuration",
+            "Status=Enabled",
+        ],
+        vec![
+            "s3api",
+            "put-bucket-acl",
+            "--bucket",
+            "bkt",
+            "--acl",
+            "public-read",
+        ],
+        vec![
+            "s3api",
+            "put-bucket-tagging",
+            "--bucket",
+            "bkt",
+            "--tagging",
+            "TagSet=[{Key=a,Value=b}]",
+        ],
+        vec![
+            "s3api",
+            "put-object-lock-configuration",
+            "--bucket",
+            "bkt",
+            "--object-lock-configuration",
+            "ObjectLockEnabled=Enabled",
+        ],
+    ] {
+        let out = s3.aws(k, &args).fails();
+        assert!(out.stderr.contains("NotImplemented"), "{}", out.describe());
+    }
+    // What clients probe with answers as AWS does for a plain bucket.
+    let v = s3
+        .aws(k, &["s3api", "get-bucket-versioning", "--bucket", "bkt"])
+        .ok();
+    assert!(!v.stdout.contains("Enabled"), "{}", v.describe());
+    let l = json(
+        &s3.aws(k, &["s3api", "get-bucket-location", "--bucket", "bkt"])
+            .ok(),
+    );
+    assert_eq!(l["LocationConstraint"], "larder", "{l}");
+}
+
+#[test]
+fn s3_keys_cli() {
+    let server = Server::start_with_extra(Launch::Env, &[], &[("LARDER_S3_LISTEN", "127.0.0.1:0")]);
+    // The env variable turns the S3 listener on.
+    let endpoint = crate::support::s3::s3_endpoint(&server);
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
+    let created = parse_json(&server.local(&["s3", "key", "create", "ci", "--json"]).ok());
+    let obj = created.as_object().unwrap();
+    let mut fields: Vec<&str> = obj.keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(fields, vec!["access_key_id", "secret_access_key"]);
+    let secret = created["secret_access_key"].as_str().unwrap().to_string();
+    // The secret is shown once: never by list.
+    let list = server.local(&["s3", "key", "list"]).ok();
+    assert!(
+        list.stdout.contains("ci") && !list.stdout.contains(&secret),
+        "{}",
+        list.stdout
+    );
+    let list = server.local(&["s3", "key", "list", "--json"]).ok();
+    assert!(!list.stdout.contains(&secret), "{}", list.stdout);
+    // Import is idempotent; a clash is refused.
+    let id = "GK31c2f218a2e44f485b94239e";
+    let sk = "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835";
+    server
+        .local(&["s3", "key", "import", id, sk, "-n", "boot"])
+        .ok();
+    server
+        .local(&["s3", "key", "import", id, sk, "-n", "boot"])
+        .ok();
+    server
+        .local(&[
+            "s3",
+            "key",
+            "import",
+            id,
+            "another-secret-entirely",
+            "-n",
+            "boot",
+        ])
+        .fails();
+    server.local(&["s3", "key", "create", "boot"]).fails();
+    // allow / deny / delete.
+    server
+        .local(&[
+            "s3", "key", "allow", "boot", "--bucket", "*", "--read", "--owner",
+        ])
+        .ok();
+    server
+        .local(&["s3", "key", "allow", "boot", "--bucket", "*"])
+        .fails();
+    server
+        .local(&[
+            "s3",
+            "key",
+            "allow",
+            "boot",
+            "--bucket",
+            "Bad_Pattern",
+            "--read",
+        ])
+        .fails();
+    let list = parse_json(&server.local(&["s3", "key", "list", "--json"]).ok());
+    let boot = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "boot")
+        .unwrap()
+        .clone();
+    assert_eq!(boot["access_key_id"], id);
+    assert_eq!(boot["grants"][0]["bucket"], "*");
+    assert_eq!(boot["grants"][0]["read"], true);
+    assert_eq!(boot["grants"][0]["write"], false);
+    assert_eq!(boot["grants"][0]["owner"], true);
+    server
+        .local(&["s3", "key", "deny", "boot", "--bucket", "*", "--owner"])
+        .ok();
+    server
+        .local(&["s3", "key", "deny", "boot", "--bucket", "*"])
+        .ok();
+    server.local(&["s3", "key", "delete", "boot"]).ok();
+    server.local(&["s3", "key", "delete", "boot"]).fails();
+    server
+        .local(&["s3", "key", "allow", "nobody", "--bucket", "*", "--read"])
+        .fails();
+}
+
+#[test]
+fn s3_bad_input_is_4xx_never_5xx() {
+    let s3 = S3Larder::start();
+    let k = &s3.admin;
+    s3.aws(k, &["s3", "mb", "s3://bkt"]).ok();
+    let signer = s3.signer(k);
+    let send = |method: &str, target: &str, headers: Vec<(String, String)>, body: &[u8]| {
+        s3.raw(
+            &signer,
+            RawRequest {
+                method,
+                target,
+                headers,
+                body: body.to_vec(),
+                ..Default::default()
+            },
+        )
+    };
+    // Malformed XML bodies.
+    for (target, body) in [
+        ("/bkt?delete", &b"<Delete><Object><Key>x</Key>"[..]),
+        ("/bkt?delete", b"not xml at all"),
+        ("/bkt?delete", b"<Delete></Delete>"),
+    ] {
+        let (status, code) = status_and_code(&send("POST", target, vec![], body));
+        assert!((400..500).contains(&status), "{target}: {status} {code}");
+        assert!(
+            code == "MalformedXML" || code == "InvalidRequest",
+            "{status} {code}"
+        );
+    }
+    let (status, code) = status_and_code(&send(
+        "POST",
+        "/bkt/k?uploadId=nope",
+        vec![],
+        b"<CompleteMultipartUpload><Part>",
+    ));
+    assert!((400..500).contains(&status), "{status} {code}");
+    // Bad bucket names.
+    for target in [
+        "/Bad_Bucket",
+        "/ab",
+        "/a..b",
+        "/-x-",
+        &format!("/{}", "a".repeat(64)),
+    ] {
+        let (status, code) = status_and_code(&send("PUT", target, vec![], b""));
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "InvalidBucketName"),
+            "{target}"
+        );
+    }
+    // Keys with dot segments or NUL bytes, raw and percent-encoded.
+    for target in [
+        "/bkt/a/../x",
+        "/bkt/%2E%2E/x",
+        "/bkt/a/./x",
+        "/bkt/..",
+        "/bkt/a%00b",
+        "/bkt/%00",
+    ] {
+        let o = send("PUT", target, vec![], b"data");
+        let (status, code) = status_and_code(&o);
+        assert!((400..500).contains(&status), "{target}: {status} {code}");
+        let o = send("GET", target, vec![], b"");
+        let (status, _) = status_and_code(&o);
+        assert!((400..500).contains(&status), "{target}: GET {status}");
+    }
+    // A key over 1024 bytes.
+    let long = format!("/bkt/{}", "k".repeat(1025));
+    let (status, code) = status_and_code(&send("PUT", &long, vec![], b"x"));
+    assert_eq!((status, code.as_str()), (400, "KeyTooLongError"));
+    // Oversized user metadata (AWS: 2 KiB), and a header block too big to parse.
+    let big_meta = vec![("x-amz-meta-big".to_string(), "v".repeat(3000))];
+    let (status, code) = status_and_code(&send("PUT", "/bkt/meta", big_meta, b"x"));
+    assert_eq!((status, code.as_str()), (400, "MetadataTooLarge"));
+    let many: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("x-amz-meta-m{i}"), "v".repeat(500)))
+        .collect();
+    let o = send("PUT", "/bkt/meta2", many, b"x");
+    let status = match &o {
+        RawOutcome::Response(r) => r.status,
+        RawOutcome::NoResponse(_) => 431,
+    };
+    assert!((400..500).contains(&status), "{o:?}");
+    // A bad Content-MD5, a wrong one, and a wrong checksum.
+    let (status, code) = status_and_code(&send(
+        "PUT",
+        "/bkt/md5",
+        vec![("content-md5".into(), "nope".into())],
+        b"x",
+    ));
+    assert_eq!((status, code.as_str()), (400, "InvalidDigest"));
+    let (status, code) = status_and_code(&send(
+        "PUT",
+        "/bkt/md5",
+        vec![("content-md5".into(), "1B2M2Y8AsgTpgAmY7PhCfg==".into())],
+        b"x",
+    ));
+    assert_eq!((status, code.as_str()), (400, "BadDigest"));
+    let (status, code) = status_and_code(&send(
+        "PUT",
+        "/bkt/crc",
+        vec![("x-amz-checksum-crc32".into(), "AAAAAA==".into())],
+        b"hello world",
+    ));
+    assert_eq!((status, code.as_str()), (400, "BadDigest"));
+    let (status, code) = status_and_code(&send(
+        "PUT",
+        "/bkt/crc",
+        vec![("x-amz-checksum-crc32".into(), "zz".into())],
+        b"x",
+    ));
+    assert_eq!((status, code.as_str()), (400, "InvalidRequest"));
+    // Unsatisfiable and odd list parameters.
+    let (status, code) = status_and_code(&send("GET", "/bkt?list-type=2&max-keys=-1", vec![], b""));
+    assert!((400..500).contains(&status), "{status} {code}");
+    let (status, _) = status_and_code(&send(
+        "GET",
+        "/bkt?list-type=2&continuation-token=%21%21",
+        vec![],
+        b"",
+    ));
+    assert_eq!(status, 400);
+    let (status, _) = status_and_code(&send(
+        "GET",
+        "/bkt?list-type=2&encoding-type=bogus",
+        vec![],
+        b"",
+    ));
+    assert_eq!(status, 400);
+    let (status, code) =
+        status_and_code(&send("PUT", "/bkt/p?partNumber=0&uploadId=x", vec![], b"x"));
+    assert!((400..500).contains(&status), "{status} {code}");
+    let (status, code) = status_and_code(&send("GET", "/nosuchbucket/x", vec![], b""));
+    assert_eq!((status, code.as_str()), (404, "NoSuchBucket"));
+    // None of the refused writes left an object behind, and nothing panicked.
+    let l = s3
+        .aws(k, &["s3api", "list-objects-v2", "--bucket", "bkt"])
+        .ok();
+    assert!(!l.stdout.contains("\"Key\""), "{}", l.stdout);
+    let log = s3.server.log();
+    assert!(!log.contains("panicked"), "{log}");
+    let o = send("GET", "/bkt?list-type=2", vec![], b"");
+    assert_eq!(status_and_code(&o).0, 200);
+}
