@@ -606,7 +606,14 @@ fn path_tricks_and_malformed_requests_get_4xx() {
 
     let mut failures = Vec::new();
     for pr in &probes {
+        let started = std::time::Instant::now();
         let outcome = http::raw(&addr, &pr.request, pr.head, Duration::from_secs(20));
+        eprintln!(
+            "{:<45} -> {:?} in {:?}",
+            pr.what,
+            outcome.status(),
+            started.elapsed()
+        );
         let bad = match &outcome {
             RawOutcome::Response(r) => {
                 let body = String::from_utf8_lossy(&r.body);

@@ -123,6 +123,7 @@ fn kill9_during_a_large_upload_leaves_no_half_path() {
 
     server.start_again();
     let cache = server.cache(&cache.name);
+    let to = format!("{}?compression=zstd", cache.url);
     match fetch_narinfo(&cache, &big, server.auth()) {
         None => eprintln!("the interrupted path is absent, as it may be"),
         Some(_) => {

@@ -212,17 +212,27 @@ pub fn raw(addr: &str, request: &[u8], head: bool, timeout: Duration) -> RawOutc
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                data.extend_from_slice(&buf[..n]);
+                // A fully framed response is the end of the exchange, whether or not
+                // the server closes the connection after it.
+                if let Some((RawOutcome::Response(r), true)) = parse_raw(&data, head) {
+                    if r.complete {
+                        break;
+                    }
+                }
+            }
             Err(e) => {
                 end = e.to_string();
                 break;
             }
         }
     }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     let write_result = write
         .join()
         .unwrap_or_else(|_| Err("writer panicked".into()));
-    parse_raw(&data, head).unwrap_or_else(|| {
+    parse_raw(&data, head).map(|(o, _)| o).unwrap_or_else(|| {
         RawOutcome::NoResponse(format!(
             "no final response ({} bytes read, read ended: {end}, write: {write_result:?})",
             data.len()
@@ -234,7 +244,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn parse_raw(mut data: &[u8], head: bool) -> Option<RawOutcome> {
+/// Parses what arrived so far; the flag says whether the body's end is known from the
+/// framing (Content-Length, chunked, or no body) rather than from the connection closing.
+fn parse_raw(mut data: &[u8], head: bool) -> Option<(RawOutcome, bool)> {
     loop {
         let end = find(data, b"\r\n\r\n")?;
         let head_text = String::from_utf8_lossy(&data[..end]).into_owned();
@@ -260,25 +272,27 @@ fn parse_raw(mut data: &[u8], head: bool) -> Option<RawOutcome> {
             .map(|v| v.to_ascii_lowercase().contains("chunked"))
             .unwrap_or(false);
         let no_body = head || status == 204 || status == 304;
-        let (body, complete) = if no_body {
-            (Vec::new(), true)
+        let (body, complete, framed) = if no_body {
+            (Vec::new(), true, true)
         } else if chunked {
-            dechunk(data)
+            let (b, c) = dechunk(data);
+            (b, c, true)
         } else if let Some(len) = content_length {
             let len = usize::try_from(len).unwrap_or(usize::MAX);
             let take = data.len().min(len);
-            (data[..take].to_vec(), data.len() >= len)
+            (data[..take].to_vec(), data.len() >= len, true)
         } else {
             // Delimited by the connection closing: we cannot tell a cut from an end.
-            (data.to_vec(), true)
+            (data.to_vec(), true, false)
         };
-        return Some(RawOutcome::Response(RawResponse {
+        let response = RawResponse {
             status,
             headers,
             body,
             complete,
             content_length,
-        }));
+        };
+        return Some((RawOutcome::Response(response), framed));
     }
 }
 
