@@ -11,6 +11,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod bootstrap;
 mod cli;
 mod dedup;
 mod durability;

@@ -129,6 +129,18 @@ impl Server {
         s
     }
 
+    /// Like [`Server::start_with_extra`] without starting it, so a test can prepare
+    /// the data directory first; start it with [`Server::start_again`].
+    pub fn new_stopped_with_extra(launch: Launch, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut s = Server::new_stopped(launch);
+        s.extra_args = args.iter().map(|a| a.to_string()).collect();
+        s.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s
+    }
+
     /// A server object with a fresh, empty data directory and no process yet.
     pub fn new_stopped(launch: Launch) -> Server {
         let work = Workdir::new("server");
