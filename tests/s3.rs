@@ -7,7 +7,9 @@
 use std::time::{Duration, SystemTime};
 
 use crate::support::http::{self, Auth, RawOutcome};
-use crate::support::s3::{random_file, status_and_code, RawRequest, S3Larder};
+use crate::support::s3::{
+    random_bytes, random_file, script, status_and_code, RawRequest, S3Larder,
+};
 use crate::support::server::{parse_json, Launch, Server};
 
 /// Size of the multipart upload every client makes.
@@ -813,4 +815,334 @@ fn s3_bad_input_is_4xx_never_5xx() {
     assert!(!log.contains("panicked"), "{log}");
     let o = send("GET", "/bkt?list-type=2", vec![], b"");
     assert_eq!(status_and_code(&o).0, 200);
+}
+
+#[test]
+fn s3_boto3_round_trips() {
+    let s3 = S3Larder::start();
+    random_file(&s3.work().join("big.bin"), BIG, 3);
+    let w = s3.work().to_str().unwrap().to_string();
+    let out = s3.boto3(&s3.admin, &script("boto3_round_trips.py"), &[&w]);
+    assert!(
+        out.success() && out.stdout.contains("OK"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn s3_behaves_like_aws() {
+    let s3 = S3Larder::start();
+    let out = s3.boto3(&s3.admin, &script("semantics.py"), &[]);
+    assert!(
+        out.success() && out.stdout.contains("OK"),
+        "{}",
+        out.describe()
+    );
+    assert!(!s3.server.log().contains("panicked"), "{}", s3.server.log());
+}
+
+#[test]
+fn s3_rclone_round_trips() {
+    let s3 = S3Larder::start();
+    let k = &s3.admin;
+    let w = s3.work();
+    // rclone's stdout is read as text: the objects it prints are text.
+    let small = text_file(&w.join("small.txt"), 3000, 4);
+    let big = random_file(&w.join("big.bin"), BIG, 5);
+    let text = text_file(&w.join("text.txt"), 2 << 20, 8);
+    let p = |name: &str| w.join(name).to_str().unwrap().to_string();
+    s3.rclone(k, &["mkdir", "s3:rclone"]).ok();
+    s3.rclone(k, &["copyto", &p("small.txt"), "s3:rclone/a/small.txt"])
+        .ok();
+    let ls = s3.rclone(k, &["lsf", "s3:rclone/a/"]).ok();
+    assert_eq!(ls.stdout.trim(), "small.txt");
+    // rclone's md5sum reads the ETag: an MD5 for single-part objects.
+    let sum = s3.rclone(k, &["md5sum", "s3:rclone/a/small.txt"]).ok();
+    let want = md5_hex(&small);
+    assert!(sum.stdout.starts_with(&want), "{} vs {want}", sum.stdout);
+    // 100 MiB as a multipart upload (16 MiB parts).
+    s3.rclone(
+        k,
+        &[
+            "copyto",
+            "--s3-upload-cutoff",
+            "16M",
+            "--s3-chunk-size",
+            "16M",
+            &p("big.bin"),
+            "s3:rclone/big.bin",
+        ],
+    )
+    .ok();
+    s3.rclone(k, &["copyto", "s3:rclone/big.bin", &p("big.back")])
+        .ok();
+    assert_same(&read(&w.join("big.back")), &big, "rclone 100 MiB back");
+    // Ranged GET.
+    s3.rclone(k, &["copyto", &p("text.txt"), "s3:rclone/text.txt"])
+        .ok();
+    let part = s3
+        .rclone(
+            k,
+            &[
+                "cat",
+                "--offset",
+                "1500000",
+                "--count",
+                "777",
+                "s3:rclone/text.txt",
+            ],
+        )
+        .ok();
+    assert_same(
+        part.stdout.as_bytes(),
+        &text[1_500_000..1_500_777],
+        "rclone range",
+    );
+    // Presigned GET.
+    let url = s3
+        .rclone(k, &["link", "--expire", "5m", "s3:rclone/a/small.txt"])
+        .ok();
+    let got = http::get(url.stdout.trim(), Auth::None);
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_same(&got.body, &small, "rclone link");
+    // Server-side copy.
+    s3.rclone(
+        k,
+        &["copyto", "s3:rclone/a/small.txt", "s3:rclone/b/copy.txt"],
+    )
+    .ok();
+    let c = s3.rclone(k, &["cat", "s3:rclone/b/copy.txt"]).ok();
+    assert_same(c.stdout.as_bytes(), &small, "rclone copy");
+    // Many objects, then delete them all.
+    std::fs::create_dir_all(w.join("many")).unwrap();
+    for i in 0..40 {
+        std::fs::write(w.join(format!("many/f{i:02}")), format!("file {i}")).unwrap();
+    }
+    s3.rclone(k, &["copy", &p("many"), "s3:rclone/many"]).ok();
+    let ls = s3.rclone(k, &["lsf", "s3:rclone/many"]).ok();
+    assert_eq!(ls.stdout.lines().count(), 40);
+    s3.rclone(k, &["delete", "s3:rclone/many"]).ok();
+    let ls = s3.rclone(k, &["lsf", "s3:rclone/many"]).ok();
+    assert_eq!(ls.stdout.trim(), "");
+    s3.rclone(k, &["purge", "s3:rclone"]).ok();
+}
+
+#[test]
+fn s3_s3cmd_round_trips() {
+    let s3 = S3Larder::start();
+    let k = &s3.admin;
+    let w = s3.work();
+    let small = random_file(&w.join("small.txt"), 4000, 6);
+    let big = random_file(&w.join("big.bin"), BIG, 7);
+    let p = |name: &str| w.join(name).to_str().unwrap().to_string();
+    s3.s3cmd(k, &["mb", "s3://s3cmd"]).ok();
+    s3.s3cmd(k, &["put", &p("small.txt"), "s3://s3cmd/a/small.txt"])
+        .ok();
+    let ls = s3.s3cmd(k, &["ls", "s3://s3cmd/a/"]).ok();
+    assert!(
+        ls.stdout.contains("s3://s3cmd/a/small.txt"),
+        "{}",
+        ls.stdout
+    );
+    // 100 MiB as 15 MiB parts.
+    s3.s3cmd(k, &["put", &p("big.bin"), "s3://s3cmd/big.bin"])
+        .ok();
+    let info = s3.s3cmd(k, &["info", "s3://s3cmd/big.bin"]).ok();
+    assert!(info.stdout.contains(&md5_hex(&big)), "{}", info.stdout);
+    let head = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "head-object",
+                "--bucket",
+                "s3cmd",
+                "--key",
+                "big.bin",
+            ],
+        )
+        .ok(),
+    );
+    assert!(head["ETag"].as_str().unwrap().ends_with("-7\""), "{head}");
+    s3.s3cmd(k, &["get", "--force", "s3://s3cmd/big.bin", &p("big.back")])
+        .ok();
+    assert_same(&read(&w.join("big.back")), &big, "s3cmd 100 MiB back");
+    // A ranged GET: s3cmd resumes a partial download with `Range: bytes=N-`.
+    std::fs::write(w.join("partial"), &big[..60_000_000]).unwrap();
+    s3.s3cmd(
+        k,
+        &["get", "--continue", "s3://s3cmd/big.bin", &p("partial")],
+    )
+    .ok();
+    assert_same(&read(&w.join("partial")), &big, "s3cmd --continue");
+    // Presigned GET (s3cmd signs URLs with SigV2).
+    let url = s3
+        .s3cmd(k, &["signurl", "s3://s3cmd/a/small.txt", "+300"])
+        .ok();
+    let got = http::get(url.stdout.trim(), Auth::None);
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_same(&got.body, &small, "s3cmd signurl");
+    // Copy.
+    s3.s3cmd(
+        k,
+        &["cp", "s3://s3cmd/a/small.txt", "s3://s3cmd/b/copy.txt"],
+    )
+    .ok();
+    s3.s3cmd(
+        k,
+        &["get", "--force", "s3://s3cmd/b/copy.txt", &p("copy.out")],
+    )
+    .ok();
+    assert_same(&read(&w.join("copy.out")), &small, "s3cmd copy");
+    // Many objects, deleted with one multi-object delete.
+    std::fs::create_dir_all(w.join("many")).unwrap();
+    for i in 0..40 {
+        std::fs::write(w.join(format!("many/f{i:02}")), format!("file {i}")).unwrap();
+    }
+    s3.s3cmd(k, &["put", "--recursive", &p("many"), "s3://s3cmd/"])
+        .ok();
+    let ls = s3.s3cmd(k, &["ls", "s3://s3cmd/many/"]).ok();
+    assert_eq!(ls.stdout.lines().count(), 40, "{}", ls.stdout);
+    s3.s3cmd(k, &["del", "--recursive", "--force", "s3://s3cmd/many/"])
+        .ok();
+    let ls = s3.s3cmd(k, &["ls", "s3://s3cmd/many/"]).ok();
+    assert_eq!(ls.stdout.trim(), "", "{}", ls.stdout);
+    s3.s3cmd(k, &["del", "--recursive", "--force", "s3://s3cmd/"])
+        .ok();
+    s3.s3cmd(k, &["rb", "s3://s3cmd"]).ok();
+}
+
+/// Writes `len` bytes of random letters to `path`.
+fn text_file(path: &std::path::Path, len: usize, seed: u64) -> Vec<u8> {
+    let data: Vec<u8> = crate::support::s3::random_bytes(len, seed)
+        .into_iter()
+        .map(|b| b'a' + b % 26)
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use s3s::crypto::Checksum as _;
+    hex::encode(s3s::crypto::Md5::checksum(data))
+}
+
+/// Sends `PUT /bucket/key` with an aws-chunked body, signed per chunk when
+/// `signed`, with a CRC32 trailer when `trailer` is given. `tamper` corrupts the
+/// second chunk's signature.
+fn aws_chunked_put(
+    s3: &S3Larder,
+    target: &str,
+    chunks: &[&[u8]],
+    signed: bool,
+    trailer: Option<&str>,
+    tamper: bool,
+) -> RawOutcome {
+    let signer = s3.signer(&s3.admin);
+    let host = s3.addr();
+    let at = SystemTime::now();
+    let decoded: usize = chunks.iter().map(|c| c.len()).sum();
+    let payload = match (signed, trailer.is_some()) {
+        (true, false) => "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        (false, true) => "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        _ => panic!("unsupported combination in this test"),
+    };
+    let mut extra: Vec<(String, String)> = vec![
+        ("content-encoding".into(), "aws-chunked".into()),
+        ("x-amz-decoded-content-length".into(), decoded.to_string()),
+    ];
+    if trailer.is_some() {
+        extra.push(("x-amz-trailer".into(), "x-amz-checksum-crc32".into()));
+    }
+    let signed_headers = signer.sign("PUT", &host, target, "", &extra, payload, at);
+    let auth = &signed_headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .unwrap()
+        .1;
+    let mut prev = auth.rsplit("Signature=").next().unwrap().to_string();
+    let mut body = Vec::new();
+    let mut all: Vec<&[u8]> = chunks.to_vec();
+    all.push(b"");
+    for (i, c) in all.iter().enumerate() {
+        if signed {
+            let mut sig = signer.chunk_signature(at, &prev, c);
+            prev = sig.clone();
+            if tamper && i == 1 {
+                sig = "0".repeat(64);
+            }
+            body.extend_from_slice(format!("{:x};chunk-signature={sig}\r\n", c.len()).as_bytes());
+        } else {
+            body.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        }
+        if !c.is_empty() {
+            body.extend_from_slice(c);
+            body.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(t) = trailer {
+        body.extend_from_slice(format!("x-amz-checksum-crc32:{t}\r\n").as_bytes());
+    }
+    body.extend_from_slice(b"\r\n");
+    let mut text = format!("PUT {target} HTTP/1.1\r\n");
+    for (k, v) in extra.iter().chain(signed_headers.iter()) {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(&body);
+    http::raw(&host, &bytes, false, Duration::from_secs(60))
+}
+
+#[test]
+fn s3_aws_chunked_bodies_signed_and_with_unsigned_trailers() {
+    let s3 = S3Larder::start();
+    s3.aws(&s3.admin, &["s3", "mb", "s3://chunks"]).ok();
+    let a = random_bytes(70_000, 11);
+    let b = random_bytes(65_536, 12);
+    let whole = [a.clone(), b.clone()].concat();
+    let get = |key: &str| {
+        let url = s3.signer(&s3.admin).presign(
+            "GET",
+            &s3.addr(),
+            &format!("/chunks/{key}"),
+            60,
+            SystemTime::now(),
+        );
+        http::get(&url, Auth::None)
+    };
+    // Signed chunks (what SigV4 streaming uploads send).
+    let o = aws_chunked_put(&s3, "/chunks/signed", &[&a, &b], true, None, false);
+    assert_eq!(status_and_code(&o).0, 200, "{o:?}");
+    assert_same(&get("signed").body, &whole, "signed chunks");
+    // A chunk whose signature does not chain is refused and stores nothing.
+    let o = aws_chunked_put(&s3, "/chunks/tampered2", &[&a, &b], true, None, true);
+    let (status, code) = status_and_code(&o);
+    assert!((400..500).contains(&status), "{status} {code}");
+    assert_eq!(code, "SignatureDoesNotMatch");
+    assert_eq!(get("tampered2").status, 404);
+    // The unsigned-trailer form recent SDKs send over HTTPS, with a CRC32 trailer.
+    let crc = {
+        use base64::Engine as _;
+        use s3s::crypto::Checksum as _;
+        base64::engine::general_purpose::STANDARD.encode(s3s::crypto::Crc32::checksum(&whole))
+    };
+    let o = aws_chunked_put(&s3, "/chunks/trailer", &[&a, &b], false, Some(&crc), false);
+    assert_eq!(status_and_code(&o).0, 200, "{o:?}");
+    assert_same(&get("trailer").body, &whole, "unsigned trailer");
+    // A trailer checksum that does not match is BadDigest, and nothing is stored.
+    let o = aws_chunked_put(
+        &s3,
+        "/chunks/badtrailer",
+        &[&a, &b],
+        false,
+        Some("AAAAAA=="),
+        false,
+    );
+    assert_eq!(status_and_code(&o), (400, "BadDigest".into()));
+    assert_eq!(get("badtrailer").status, 404);
 }

@@ -109,10 +109,7 @@ pub(crate) async fn delete_bucket(
     let name = req.input.bucket.clone();
     let n = name.clone();
     match meta_blocking(&s3.larder, move |m| Ok(m.s3_bucket_delete(&n)?)).await? {
-        BucketDelete::Deleted => Ok(S3Response::with_status(
-            DeleteBucketOutput {},
-            hyper::StatusCode::NO_CONTENT,
-        )),
+        BucketDelete::Deleted => Ok(S3Response::new(DeleteBucketOutput {})),
         BucketDelete::NotFound => Err(S3ApiError::NoSuchBucket(name)),
         BucketDelete::NotEmpty => Err(S3ApiError::BucketNotEmpty(name)),
     }

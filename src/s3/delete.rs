@@ -38,10 +38,7 @@ pub(crate) async fn delete_object(
     })
     .await?;
     done?;
-    Ok(S3Response::with_status(
-        DeleteObjectOutput::default(),
-        hyper::StatusCode::NO_CONTENT,
-    ))
+    Ok(S3Response::new(DeleteObjectOutput::default()))
 }
 
 pub(crate) async fn delete_objects(

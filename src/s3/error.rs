@@ -45,6 +45,9 @@ pub enum S3ApiError {
     SignatureDoesNotMatch(String),
     #[error("at least one of the preconditions you specified did not hold")]
     PreconditionFailed,
+    /// A conditional GET or HEAD whose object did not change: 304, no body.
+    #[error("not modified")]
+    NotModified { etag: String, modified_ms: i64 },
     #[error("the requested range is not satisfiable")]
     InvalidRange,
     #[error("{0}")]
@@ -117,6 +120,7 @@ impl S3ApiError {
             E::BadDigest(_) => S3ErrorCode::BadDigest,
             E::SignatureDoesNotMatch(_) => S3ErrorCode::SignatureDoesNotMatch,
             E::PreconditionFailed => S3ErrorCode::PreconditionFailed,
+            E::NotModified { .. } => S3ErrorCode::NotModified,
             E::InvalidRange => S3ErrorCode::InvalidRange,
             E::InvalidPart(_) => S3ErrorCode::InvalidPart,
             E::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
@@ -143,6 +147,21 @@ impl S3ApiError {
 impl From<S3ApiError> for S3Error {
     fn from(e: S3ApiError) -> Self {
         let code = e.aws_code();
+        if let S3ApiError::NotModified { etag, modified_ms } = &e {
+            // A 304 carries the validators and no body.
+            let mut err = S3Error::new(code);
+            let mut h = hyper::HeaderMap::new();
+            if let Ok(v) = format!("\"{etag}\"").parse() {
+                h.insert(hyper::header::ETAG, v);
+            }
+            if let Some(v) = super::object::http_date(&super::object::timestamp(*modified_ms))
+                .and_then(|d| d.parse().ok())
+            {
+                h.insert(hyper::header::LAST_MODIFIED, v);
+            }
+            err.set_headers(h);
+            return err;
+        }
         if e.is_client_fault() {
             S3Error::with_message(code, e.to_string())
         } else {

@@ -132,14 +132,6 @@ fn content_range(r: &Read) -> Option<String> {
     })
 }
 
-fn status(partial: bool) -> hyper::StatusCode {
-    if partial {
-        hyper::StatusCode::PARTIAL_CONTENT
-    } else {
-        hyper::StatusCode::OK
-    }
-}
-
 fn wants_checksum(mode: Option<&ChecksumMode>, r: &Read) -> bool {
     mode.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED)) && !r.partial
 }
@@ -165,14 +157,10 @@ pub(crate) async fn get_object(
     )?;
     let r = match prepared {
         Prepared::NotModified(row) => {
-            return Ok(S3Response::with_status(
-                GetObjectOutput {
-                    e_tag: Some(etag(&row.etag)),
-                    last_modified: Some(timestamp(row.modified_ms)),
-                    ..Default::default()
-                },
-                hyper::StatusCode::NOT_MODIFIED,
-            ))
+            return Err(S3ApiError::NotModified {
+                etag: row.etag,
+                modified_ms: row.modified_ms,
+            })
         }
         Prepared::Read(r) => r,
     };
@@ -205,7 +193,7 @@ pub(crate) async fn get_object(
         checksum_type: checksum.map(|c| ChecksumType::from(c.kind.clone())),
         ..Default::default()
     };
-    Ok(S3Response::with_status(out, status(r.partial)))
+    Ok(S3Response::new(out))
 }
 
 pub(crate) async fn head_object(
@@ -229,14 +217,10 @@ pub(crate) async fn head_object(
     )?;
     let r = match prepared {
         Prepared::NotModified(row) => {
-            return Ok(S3Response::with_status(
-                HeadObjectOutput {
-                    e_tag: Some(etag(&row.etag)),
-                    last_modified: Some(timestamp(row.modified_ms)),
-                    ..Default::default()
-                },
-                hyper::StatusCode::NOT_MODIFIED,
-            ))
+            return Err(S3ApiError::NotModified {
+                etag: row.etag,
+                modified_ms: row.modified_ms,
+            })
         }
         Prepared::Read(r) => r,
     };
@@ -266,5 +250,5 @@ pub(crate) async fn head_object(
         checksum_type: checksum.map(|c| ChecksumType::from(c.kind.clone())),
         ..Default::default()
     };
-    Ok(S3Response::with_status(out, status(r.partial)))
+    Ok(S3Response::new(out))
 }

@@ -494,10 +494,7 @@ pub(crate) async fn abort_multipart_upload(
     if !meta_blocking(&s3.larder, move |m| Ok(m.s3_upload_abort(&id)?)).await? {
         return Err(S3ApiError::NoSuchUpload);
     }
-    Ok(S3Response::with_status(
-        AbortMultipartUploadOutput::default(),
-        hyper::StatusCode::NO_CONTENT,
-    ))
+    Ok(S3Response::new(AbortMultipartUploadOutput::default()))
 }
 
 fn listed_max(v: Option<i32>, what: &str) -> S3ApiResult<usize> {

@@ -155,6 +155,8 @@ pub struct RawRequest<'a> {
     pub body: Vec<u8>,
     /// Sign `UNSIGNED-PAYLOAD` instead of the body's SHA-256.
     pub unsigned: bool,
+    /// Sign this `x-amz-content-sha256` (e.g. a streaming form) instead.
+    pub payload: Option<String>,
     /// Sign as of this time instead of now.
     pub at: Option<SystemTime>,
     /// Replace the signature with this (tampering).
@@ -164,7 +166,9 @@ pub struct RawRequest<'a> {
 /// Sends a signed request to `addr` with `Host: host`.
 pub fn raw_signed(addr: &str, host: &str, signer: &Signer<'_>, req: RawRequest<'_>) -> RawOutcome {
     let (path, query) = req.target.split_once('?').unwrap_or((req.target, ""));
-    let payload = if req.unsigned {
+    let payload = if let Some(p) = &req.payload {
+        p.clone()
+    } else if req.unsigned {
         "UNSIGNED-PAYLOAD".to_string()
     } else {
         hex::encode(Sha256::digest(&req.body))
@@ -398,6 +402,26 @@ impl Signer<'_> {
             "AWS4-HMAC-SHA256\n{date}\n{}\n{}",
             self.scope(date),
             hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let k = hmac(
+            format!("AWS4{}", self.key.secret).as_bytes(),
+            &date.as_bytes()[..8],
+        );
+        let k = hmac(&k, self.region.as_bytes());
+        let k = hmac(&k, b"s3");
+        let k = hmac(&k, b"aws4_request");
+        hex::encode(hmac(&k, string_to_sign.as_bytes()))
+    }
+
+    /// The signature of one chunk of a `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` body,
+    /// chained from the previous one (the seed: the request's signature).
+    pub fn chunk_signature(&self, at: SystemTime, prev: &str, data: &[u8]) -> String {
+        let date = amz_date(at);
+        let string_to_sign = format!(
+            "AWS4-HMAC-SHA256-PAYLOAD\n{date}\n{}\n{prev}\n{}\n{}",
+            self.scope(&date),
+            hex::encode(Sha256::digest(b"")),
+            hex::encode(Sha256::digest(data))
         );
         let k = hmac(
             format!("AWS4{}", self.key.secret).as_bytes(),
