@@ -9,13 +9,16 @@
 
 mod support;
 
+mod attic_api;
 mod auth;
 mod bad_input;
 mod bootstrap;
 mod cli;
+mod client;
 mod dedup;
 mod durability;
 mod harness;
 mod s3;
 mod side_files;
 mod substitution;
+mod tokens;

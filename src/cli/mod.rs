@@ -173,10 +173,12 @@ enum Session {
 
 impl Target {
     fn session(&self, needs_store: bool) -> anyhow::Result<Session> {
-        if let Some(server) = &self.server {
+        // Neither --server nor --data-dir: the default server saved by `larder login`.
+        let saved = self.clone().resolve_default()?;
+        if let Some(server) = &saved.server {
             return Ok(Session::Remote(remote::Client::new(
                 server,
-                self.token.clone(),
+                saved.token.clone(),
             )));
         }
         let file = match &self.config {

@@ -159,8 +159,14 @@ impl Larder {
     ) -> Result<CacheConfig, ServiceError> {
         validate_cache_name(name)?;
         if !caller.can(name, Permission::CreateCache) {
+            // Like `authorize`: a caller with no permission at all on the name gets
+            // the 401 it would get for any other request about a private cache.
+            let visible =
+                caller.has_any(name) || self.meta.cache_by_name(name)?.is_some_and(|r| r.is_public);
             return Err(if caller.is_anonymous() {
                 ServiceError::Unauthorized("missing token".into())
+            } else if !visible {
+                ServiceError::Unauthorized(format!("token has no permission on cache {name:?}"))
             } else {
                 ServiceError::Forbidden(format!("token lacks create-cache on {name:?}"))
             });
