@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::support::http::{self, Auth, RawOutcome};
 use crate::support::s3::{
-    random_bytes, random_file, script, status_and_code, RawRequest, S3Larder,
+    random_bytes, random_file, raw_signed, script, status_and_code, RawRequest, S3Larder,
 };
 use crate::support::server::{parse_json, Launch, Server};
+use crate::support::Nix;
 
 /// Size of the multipart upload every client makes.
 const BIG: usize = 100 << 20;
@@ -1145,4 +1146,526 @@ fn s3_aws_chunked_bodies_signed_and_with_unsigned_trailers() {
     );
     assert_eq!(status_and_code(&o), (400, "BadDigest".into()));
     assert_eq!(get("badtrailer").status, 404);
+}
+
+#[test]
+fn s3_object_and_nar_with_the_same_content_share_chunks() {
+    let s3 = S3Larder::start();
+    let k = &s3.admin;
+    let cache = s3.server.create_cache("main", false);
+    let file = s3.work().join("content.bin");
+    random_file(&file, 64 << 20, 21);
+    let f = file.to_str().unwrap();
+    s3.aws(k, &["s3", "mb", "s3://dedup"]).ok();
+    let before = s3.server.stats();
+    // One PUT, so the object is one stream through the chunker, as the NAR is.
+    s3.aws(
+        k,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "dedup",
+            "--key",
+            "content.bin",
+            "--body",
+            f,
+        ],
+    )
+    .ok();
+    let object = s3.server.stats();
+    let added_by_object = object.chunk_bytes - before.chunk_bytes;
+    assert!(
+        added_by_object >= 60 << 20,
+        "the object stored {added_by_object} bytes"
+    );
+    // The same bytes as a flat-file store path pushed by Nix: the NAR framing
+    // shifts them, and content-defined chunking finds the same cuts after the
+    // first chunk.
+    let nix = Nix::new("s3-dedup");
+    let src = nix.store("src");
+    let path = nix
+        .run("nix-store", &["--store", src.to_str().unwrap(), "--add", f])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let to = format!("{}?compression=zstd", cache.url);
+    nix.copy_to(&src, &to, &[&path], Some(&nix.netrc(s3.server.token())))
+        .ok();
+    let both = s3.server.stats();
+    assert_eq!(both.nars, 1, "{both:?}");
+    let added_by_nar = both.chunk_bytes - object.chunk_bytes;
+    assert!(
+        added_by_nar < 1 << 20,
+        "the NAR added {added_by_nar} chunk bytes on top of the object's {added_by_object}: stored twice?"
+    );
+    // And both read back whole.
+    let back = s3.work().join("back.bin");
+    s3.aws(
+        k,
+        &[
+            "s3",
+            "cp",
+            "--no-progress",
+            "s3://dedup/content.bin",
+            back.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same(&read(&back), &read(&file), "object back");
+    let dst = nix.store("dst");
+    nix.substitute(
+        &dst,
+        &path,
+        &cache.url,
+        &cache.public_key,
+        Some(&nix.netrc(s3.server.token())),
+    )
+    .ok();
+    assert_same(
+        &read(&crate::support::in_store(&dst, &path)),
+        &read(&file),
+        "store path back",
+    );
+}
+
+/// A signed GET of `/bucket/key`: (status, body).
+fn signed_get(s3: &S3Larder, target: &str) -> (u16, Vec<u8>) {
+    match s3.raw(
+        &s3.signer(&s3.admin),
+        RawRequest {
+            method: "GET",
+            target,
+            ..Default::default()
+        },
+    ) {
+        RawOutcome::Response(r) => {
+            assert!(r.complete, "{target}: a short body");
+            (r.status, r.body)
+        }
+        RawOutcome::NoResponse(why) => panic!("{target}: {why}"),
+    }
+}
+
+fn signed_put(s3: &S3Larder, target: &str, body: &[u8]) -> (u16, String) {
+    status_and_code(&s3.raw(
+        &s3.signer(&s3.admin),
+        RawRequest {
+            method: "PUT",
+            target,
+            body: body.to_vec(),
+            ..Default::default()
+        },
+    ))
+}
+
+#[test]
+fn s3_acknowledged_writes_survive_kill_9_and_failed_ones_leave_nothing() {
+    let mut s3 = S3Larder::start();
+    let k = s3.admin.clone();
+    s3.aws(&k, &["s3", "mb", "s3://dura"]).ok();
+    let mut objects = Vec::new();
+    for i in 0..12u64 {
+        let data = random_bytes(1000 + (i as usize) * 150_000, 100 + i);
+        assert_eq!(signed_put(&s3, &format!("/dura/o{i}"), &data).0, 200);
+        objects.push((format!("/dura/o{i}"), data));
+    }
+    // A multipart upload completed, one left open, a copy, a deletion.
+    let big = s3.work().join("mp.bin");
+    let mp = random_file(&big, 20 << 20, 31);
+    s3.aws(
+        &k,
+        &[
+            "s3",
+            "cp",
+            "--no-progress",
+            big.to_str().unwrap(),
+            "s3://dura/mp.bin",
+        ],
+    )
+    .ok();
+    objects.push(("/dura/mp.bin".into(), mp));
+    let up = json(
+        &s3.aws(
+            &k,
+            &[
+                "s3api",
+                "create-multipart-upload",
+                "--bucket",
+                "dura",
+                "--key",
+                "open",
+            ],
+        )
+        .ok(),
+    );
+    let upload_id = up["UploadId"].as_str().unwrap().to_string();
+    std::fs::write(s3.work().join("part"), random_bytes(1 << 20, 32)).unwrap();
+    s3.aws(
+        &k,
+        &[
+            "s3api",
+            "upload-part",
+            "--bucket",
+            "dura",
+            "--key",
+            "open",
+            "--upload-id",
+            &upload_id,
+            "--part-number",
+            "1",
+            "--body",
+            s3.work().join("part").to_str().unwrap(),
+        ],
+    )
+    .ok();
+    s3.aws(
+        &k,
+        &[
+            "s3api",
+            "copy-object",
+            "--bucket",
+            "dura",
+            "--key",
+            "copy",
+            "--copy-source",
+            "dura/o3",
+        ],
+    )
+    .ok();
+    objects.push(("/dura/copy".into(), objects[3].1.clone()));
+    s3.aws(
+        &k,
+        &["s3api", "delete-object", "--bucket", "dura", "--key", "o0"],
+    )
+    .ok();
+    objects.remove(0);
+
+    // A PUT cut off by its client: the declared length never arrives.
+    let signer = s3.signer(&k);
+    let host = s3.addr();
+    let headers = signer.sign(
+        "PUT",
+        &host,
+        "/dura/cut",
+        "",
+        &[],
+        "UNSIGNED-PAYLOAD",
+        SystemTime::now(),
+    );
+    let mut text = "PUT /dura/cut HTTP/1.1\r\ncontent-length: 10000000\r\n".to_string();
+    for (k, v) in &headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("\r\n");
+    {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(&host).unwrap();
+        sock.write_all(text.as_bytes()).unwrap();
+        sock.write_all(&random_bytes(3 << 20, 33)).unwrap();
+        sock.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    // A PUT still streaming when the server dies.
+    let headers = signer.sign(
+        "PUT",
+        &host,
+        "/dura/dying",
+        "",
+        &[],
+        "UNSIGNED-PAYLOAD",
+        SystemTime::now(),
+    );
+    let mut text = "PUT /dura/dying HTTP/1.1\r\ncontent-length: 50000000\r\n".to_string();
+    for (k, v) in &headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("\r\n");
+    let mut dying = std::net::TcpStream::connect(&host).unwrap();
+    {
+        use std::io::Write;
+        dying.write_all(text.as_bytes()).unwrap();
+        dying.write_all(&random_bytes(8 << 20, 34)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        signed_get(&s3, "/dura/cut").0,
+        404,
+        "a cut-off PUT is not visible"
+    );
+
+    s3.server.kill9();
+    drop(dying);
+    s3.server.start_again();
+
+    for (target, data) in &objects {
+        let (status, body) = signed_get(&s3, target);
+        assert_eq!(status, 200, "{target} after kill -9");
+        assert_same(&body, data, target);
+    }
+    assert_eq!(
+        signed_get(&s3, "/dura/o0").0,
+        404,
+        "a deleted object stays deleted"
+    );
+    assert_eq!(signed_get(&s3, "/dura/cut").0, 404);
+    assert_eq!(
+        signed_get(&s3, "/dura/dying").0,
+        404,
+        "a PUT interrupted by kill -9 is not visible"
+    );
+    assert_eq!(
+        signed_get(&s3, "/dura/open").0,
+        404,
+        "an open upload is not an object"
+    );
+    let l = json(
+        &s3.aws(&k, &["s3api", "list-objects-v2", "--bucket", "dura"])
+            .ok(),
+    );
+    let keys: Vec<&str> = l["Contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["Key"].as_str().unwrap())
+        .collect();
+    assert!(
+        !keys.contains(&"cut") && !keys.contains(&"dying") && !keys.contains(&"open"),
+        "{keys:?}"
+    );
+    // The open upload survived too, and aborting it leaves nothing.
+    let parts = json(
+        &s3.aws(
+            &k,
+            &[
+                "s3api",
+                "list-parts",
+                "--bucket",
+                "dura",
+                "--key",
+                "open",
+                "--upload-id",
+                &upload_id,
+            ],
+        )
+        .ok(),
+    );
+    assert_eq!(
+        parts["Parts"].as_array().map(|p| p.len()),
+        Some(1),
+        "{parts}"
+    );
+    s3.aws(
+        &k,
+        &[
+            "s3api",
+            "abort-multipart-upload",
+            "--bucket",
+            "dura",
+            "--key",
+            "open",
+            "--upload-id",
+            &upload_id,
+        ],
+    )
+    .ok();
+    let ups = s3
+        .aws(&k, &["s3api", "list-multipart-uploads", "--bucket", "dura"])
+        .ok();
+    assert!(!ups.stdout.contains(&upload_id), "{}", ups.stdout);
+    // The server can still verify every NAR (none here) and its store is sound.
+    assert!(!s3.server.log().contains("panicked"));
+}
+
+#[test]
+fn s3_overwrites_are_atomic() {
+    let s3 = S3Larder::start();
+    s3.aws(&s3.admin, &["s3", "mb", "s3://atomic"]).ok();
+    // Several chunks each, so bodies stream chunk by chunk.
+    let a = random_bytes(3 << 20, 41);
+    let b = random_bytes(3 << 20, 42);
+    assert_eq!(signed_put(&s3, "/atomic/obj", &a).0, 200);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::sync::Mutex::new((0usize, 0usize));
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, body) = signed_get(&s3, "/atomic/obj");
+                    assert_eq!(status, 200);
+                    let mut s = seen.lock().unwrap();
+                    if body == a {
+                        s.0 += 1;
+                    } else if body == b {
+                        s.1 += 1;
+                    } else {
+                        panic!("a reader saw a mix of two versions ({} bytes)", body.len());
+                    }
+                }
+            });
+        }
+        for i in 0..16 {
+            let body = if i % 2 == 0 { &b } else { &a };
+            assert_eq!(signed_put(&s3, "/atomic/obj", body).0, 200);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let (sa, sb) = *seen.lock().unwrap();
+    assert!(sa + sb > 10, "readers saw {sa} + {sb} versions");
+}
+
+#[test]
+fn s3_host_name_on_the_main_listener_and_virtual_hosted_style() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("larder.toml");
+    std::fs::write(&conf, "s3_host = \"s3.test\"\ns3_region = \"home-1\"\n").unwrap();
+    let server =
+        Server::start_with_extra(Launch::Flags, &["--config", conf.to_str().unwrap()], &[]);
+    let key = crate::support::s3::create_key(&server, "k", &[("*", "--read --write --owner")]);
+    let mut signer = crate::support::s3::Signer {
+        key: &key,
+        region: "home-1".into(),
+    };
+    let addr = server.addr();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let path_host = format!("s3.test:{port}");
+    let vhost = format!("photos.s3.test:{port}");
+    let req = |method, target, body: &[u8]| RawRequest {
+        method,
+        target,
+        body: body.to_vec(),
+        ..Default::default()
+    };
+    // Path style by Host on the main listener.
+    let o = raw_signed(&addr, &path_host, &signer, req("PUT", "/photos", b""));
+    assert_eq!(status_and_code(&o).0, 200, "{o:?}");
+    let o = raw_signed(
+        &addr,
+        &path_host,
+        &signer,
+        req("PUT", "/photos/a/b.jpg", b"picture"),
+    );
+    assert_eq!(status_and_code(&o).0, 200, "{o:?}");
+    // Virtual-hosted style: the bucket is in the Host.
+    let o = raw_signed(&addr, &vhost, &signer, req("GET", "/a/b.jpg", b""));
+    match &o {
+        RawOutcome::Response(r) => {
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"picture"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+    let o = raw_signed(&addr, &vhost, &signer, req("GET", "/?list-type=2", b""));
+    match &o {
+        RawOutcome::Response(r) => {
+            let text = String::from_utf8_lossy(&r.body);
+            assert!(
+                r.status == 200 && text.contains("<Key>a/b.jpg</Key>"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The configured region is the one to sign for.
+    signer.region = "larder".into();
+    let o = raw_signed(&addr, &vhost, &signer, req("GET", "/a/b.jpg", b""));
+    assert_eq!(
+        status_and_code(&o),
+        (400, "AuthorizationHeaderMalformed".into())
+    );
+    // Any other Host is the Nix cache as before, and no S3 listener of its own runs.
+    let r = http::get(&format!("{}/nix-cache-info", server.url()), Auth::None);
+    assert!(
+        r.status == 404 || r.status == 200 || r.status == 401,
+        "{}",
+        r.status
+    );
+    let r = http::get(&format!("{}/_health", server.url()), Auth::None);
+    assert_eq!(r.status, 200);
+    assert!(!server
+        .stdout_lines()
+        .iter()
+        .any(|l| l.contains("S3 listening")));
+}
+
+#[test]
+fn s3_large_upload_runs_in_flat_memory() {
+    // A large streamed PUT must not grow the server: peak RSS after a small upload
+    // and after a large one stay close. The large body repeats a 1 MiB random
+    // block, so it chunks and dedups quickly, but every byte still streams through
+    // hashing and the chunker. LARDER_TEST_S3_BIG_GIB sets its size (default 5).
+    let gib: u64 = std::env::var("LARDER_TEST_S3_BIG_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let s3 = S3Larder::start();
+    s3.aws(&s3.admin, &["s3", "mb", "s3://big"]).ok();
+    let block = random_bytes(1 << 20, 51);
+    let stream_put = |key: &str, len: u64| -> u16 {
+        use std::io::{Read, Write};
+        let signer = s3.signer(&s3.admin);
+        let host = s3.addr();
+        let target = format!("/big/{key}");
+        let headers = signer.sign(
+            "PUT",
+            &host,
+            &target,
+            "",
+            &[],
+            "UNSIGNED-PAYLOAD",
+            SystemTime::now(),
+        );
+        let mut text =
+            format!("PUT {target} HTTP/1.1\r\ncontent-length: {len}\r\nconnection: close\r\n");
+        for (k, v) in &headers {
+            text.push_str(&format!("{k}: {v}\r\n"));
+        }
+        text.push_str("\r\n");
+        let mut sock = std::net::TcpStream::connect(&host).unwrap();
+        sock.write_all(text.as_bytes()).unwrap();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            sock.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+        let mut answer = Vec::new();
+        sock.read_to_end(&mut answer).unwrap();
+        let head = String::from_utf8_lossy(&answer);
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let peak = || -> u64 {
+        let pid = s3.server.pid().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    assert_eq!(stream_put("warmup", 256 << 20), 200);
+    let after_small = peak();
+    let len = gib << 30;
+    assert_eq!(stream_put("large", len), 200);
+    let after_large = peak();
+    assert!(
+        after_large < after_small + (64 << 20) && after_large < 512 << 20,
+        "peak RSS {after_small} after 256 MiB, {after_large} after {gib} GiB"
+    );
+    let head = json(
+        &s3.aws(
+            &s3.admin,
+            &["s3api", "head-object", "--bucket", "big", "--key", "large"],
+        )
+        .ok(),
+    );
+    assert_eq!(head["ContentLength"].as_u64(), Some(len), "{head}");
+    eprintln!(
+        "peak RSS: {} MiB after 256 MiB, {} MiB after {gib} GiB",
+        after_small >> 20,
+        after_large >> 20
+    );
 }
