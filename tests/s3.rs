@@ -668,6 +668,16 @@ fn s3_keys_cli() {
     server
         .local(&["s3", "key", "allow", "nobody", "--bucket", "*", "--read"])
         .fails();
+    // The secrets rest in SQLite, readable by larder's user only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(server.data_dir()), 0o700);
+    for f in ["larder.db", "larder.db-wal", "larder.db-shm"] {
+        let p = server.data_dir().join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
 }
 
 #[test]

@@ -90,6 +90,7 @@ impl Meta {
         let path = dir.join("larder.db");
         let mut c = open_conn(&path)?;
         schema::migrate(&mut c)?;
+        restrict_permissions(&path);
         Ok(Self {
             path,
             pool: Mutex::new(vec![c]),
@@ -107,6 +108,19 @@ impl Meta {
             meta: self,
             conn: Some(conn),
         })
+    }
+}
+
+/// Make the database and its WAL files readable by their owner only: they hold
+/// S3 secrets (which SigV4 needs in the clear) and signing keys. Best effort; the
+/// data dir itself is 0700. SQLite gives files it creates later the database's
+/// mode.
+fn restrict_permissions(db: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
     }
 }
 
