@@ -10,8 +10,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages the tests use: Nix 2.8 as the real client, curl for poking at a
-# server by hand, shellcheck for the scripts.
-packages=(nix-bin curl ca-certificates shellcheck awscli rclone s3cmd python3-venv)
+# server by hand, shellcheck for the scripts; debootstrap, systemd-nspawn and ip
+# for the appliance's real-boot test (tests/appliance.rs).
+packages=(nix-bin curl ca-certificates shellcheck awscli rclone s3cmd python3-venv
+    debootstrap systemd-container iproute2)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -48,6 +50,28 @@ if ! "$venv/bin/python3" -c 'import boto3' >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet boto3
 fi
 
+# Slow-to-make test assets, kept between runs on one machine: the appliance
+# test's debootstrapped Debian root, and deadnix and nixpkgs-fmt for the Nix file
+# checks (tests/nix_files.rs), built once from crates.io.
+if [ -z "${LARDER_TEST_CACHE_DIR:-}" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        LARDER_TEST_CACHE_DIR=/var/cache/larder-test
+    else
+        LARDER_TEST_CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/larder-test"
+    fi
+fi
+export LARDER_TEST_CACHE_DIR
+mkdir -p "$LARDER_TEST_CACHE_DIR"
+for tool in deadnix@1.3.1 nixpkgs-fmt@1.3.0; do
+    name="${tool%@*}"
+    version="${tool#*@}"
+    if ! "$LARDER_TEST_CACHE_DIR/tools/bin/$name" --version 2>/dev/null | grep -qF "$version"; then
+        echo "installing $name $version (once)"
+        cargo install --quiet --locked --root "$LARDER_TEST_CACHE_DIR/tools" "$name" --version "$version"
+    fi
+done
+export PATH="$LARDER_TEST_CACHE_DIR/tools/bin:$PATH"
+
 nix --version
 cargo --version
 
@@ -61,7 +85,7 @@ if [ "${1:-}" = "--" ]; then
 fi
 
 echo "== shellcheck"
-shellcheck tests/run.sh .ci/run
+shellcheck tests/run.sh .ci/run appliance/install.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

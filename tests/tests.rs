@@ -9,6 +9,7 @@
 
 mod support;
 
+mod appliance;
 mod attic_api;
 mod auth;
 mod bad_input;
@@ -18,6 +19,7 @@ mod client;
 mod dedup;
 mod durability;
 mod harness;
+mod nix_files;
 mod s3;
 mod side_files;
 mod substitution;

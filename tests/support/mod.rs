@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod container;
 pub mod http;
 pub mod nix;
 pub mod process;

@@ -1,0 +1,217 @@
+# services.larder: larder as a NixOS service.
+#
+# `settings` is larder's config file (RFC 42: any key larder accepts, written as
+# TOML), with typed options for `listen` and `data_dir`. Caches, tokens, S3 keys
+# and buckets declared there are made so on every start. Secrets never go into
+# `settings` (it ends up in the world-readable Nix store): each has a `*File`
+# option taking a path outside the store, handed to larder with LoadCredential.
+# nixos-image/settings.nix maps options to config keys; tests/nix_files.rs checks
+# that mapping against the binary.
+{ config, lib, pkgs, ... }:
+let
+  inherit (lib) mkOption types;
+
+  cfg = config.services.larder;
+  format = pkgs.formats.toml { };
+  mapping = import ./settings.nix;
+
+  # A secret file: an absolute path, as a string, outside the Nix store. A Nix
+  # path literal (./secret) is refused: it would be copied into the store.
+  secretFile = types.addCheck types.str
+    (p: lib.hasPrefix "/" p && !(lib.hasPrefix "${builtins.storeDir}/" p))
+  // {
+    name = "secretFile";
+    description = "absolute path to a secret outside the Nix store, as a string";
+  };
+  nullOrSecret = description: mkOption {
+    type = types.nullOr secretFile;
+    default = null;
+    example = "/run/secrets/larder";
+    inherit description;
+  };
+
+  rendered = mapping.render {
+    settings = lib.filterAttrsRecursive (_: v: v != null) cfg.settings;
+    inherit (cfg) adminTokenFile tlsKeyFile acmeEabKidFile acmeEabHmacFile signingKeyFiles;
+    s3KeyFiles = lib.mapAttrs
+      (_: k: { inherit (k) accessKeyIdFile secretAccessKeyFile; })
+      cfg.s3KeyFiles;
+  };
+  configFile = format.generate "larder.toml" rendered.settings;
+  # Checked at build time: a typo fails the build, not the boot.
+  checkedConfig = pkgs.runCommand "larder-checked.toml" { } ''
+    ${lib.getExe cfg.package} check-config --quiet ${configFile}
+    cp ${configFile} $out
+  '';
+
+  stateDir = lib.removePrefix "/var/lib/" cfg.settings.data_dir;
+  portOf = addr: lib.toInt (lib.last (lib.splitString ":" addr));
+  tlsListen = cfg.settings.tls.listen or [ ];
+  ports = [ (portOf cfg.settings.listen) ]
+    ++ map portOf (if builtins.isList tlsListen then tlsListen else [ tlsListen ]);
+
+  # `larder-admin cache list`, `larder-admin token create ...`: the CLI on the data
+  # dir, as the service's (dynamic) user, with the service's config.
+  adminWrapper = pkgs.writeShellScriptBin "larder-admin" ''
+    exec ${config.systemd.package}/bin/systemd-run \
+      --quiet --pipe --wait --collect --service-type=exec \
+      --property=DynamicUser=yes \
+      --property=User=larder \
+      --property=Group=larder \
+      --property=StateDirectory=${stateDir} \
+      --setenv=LARDER_CONFIG=${checkedConfig} \
+      --working-directory=/ \
+      -- ${lib.getExe cfg.package} "$@"
+  '';
+in
+{
+  options.services.larder = {
+    enable = lib.mkEnableOption "larder, a private Nix binary cache";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { }";
+      description = "The larder package.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the TCP ports of `listen` (and `tls.listen`) in the firewall.";
+    };
+
+    settings = mkOption {
+      default = { };
+      description = ''
+        larder's config file, as TOML (every key: docs/deploy.md). Declared
+        `caches`, `tokens`, `s3_keys` and `s3_buckets` are made so on every start.
+        Secrets do not belong here: use the `*File` options.
+      '';
+      example = lib.literalExpression ''
+        {
+          caches = [ { name = "default"; } ];
+          tokens = [ {
+            sub = "ci"; validity = "1y"; file = "tokens/ci.token";
+            pull = [ "default" ]; push = [ "default" ];
+          } ];
+        }
+      '';
+      type = types.submodule {
+        freeformType = format.type;
+        options = {
+          listen = mkOption {
+            type = types.str;
+            default = if config.networking.enableIPv6 then "[::]:8080" else "0.0.0.0:8080";
+            defaultText = lib.literalExpression ''if networking.enableIPv6 then "[::]:8080" else "0.0.0.0:8080"'';
+            description = "Address and port of the plain HTTP listener.";
+          };
+          data_dir = mkOption {
+            type = types.strMatching "/var/lib/[^/].*";
+            default = "/var/lib/larder";
+            description = ''
+              Where larder keeps its chunks and metadata. It is the service's
+              `StateDirectory=` (owned by its dynamic user), so it lies under /var/lib.
+            '';
+          };
+        };
+      };
+    };
+
+    adminTokenFile = nullOrSecret ''
+      A file holding the admin token (at least 32 characters). Without it, larder
+      makes one in `data_dir/admin.token` on first start.
+    '';
+    tlsKeyFile = nullOrSecret "The private key of `tls.cert_file` (static HTTPS).";
+    acmeEabKidFile = nullOrSecret "ACME External Account Binding: the key id.";
+    acmeEabHmacFile = nullOrSecret "ACME External Account Binding: the HMAC key.";
+
+    signingKeyFiles = mkOption {
+      type = types.attrsOf secretFile;
+      default = { };
+      example = { default = "/run/secrets/larder-default-signing-key"; };
+      description = ''
+        Nix signing keys (`nix-store --generate-binary-cache-key`), by cache name.
+        A cache named here without an entry in `settings.caches` is declared too.
+        Caches without one keep the key larder generated when it created them.
+      '';
+    };
+
+    s3KeyFiles = mkOption {
+      default = { };
+      description = ''
+        Credentials of S3 access keys, by key name; grants go in
+        `settings.s3_keys` (`{ name = ...; buckets = [ ... ]; }`).
+      '';
+      type = types.attrsOf (types.submodule {
+        options = {
+          accessKeyIdFile = mkOption {
+            type = secretFile;
+            description = "A file holding the access key id.";
+          };
+          secretAccessKeyFile = mkOption {
+            type = secretFile;
+            description = "A file holding the secret access key.";
+          };
+        };
+      });
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    environment.systemPackages = [ adminWrapper ];
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall ports;
+
+    systemd.services.larder = {
+      description = "larder, a private Nix binary cache";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      restartTriggers = [ checkedConfig ];
+      environment.LARDER_LOG = lib.mkDefault "info";
+      serviceConfig = {
+        Type = "exec";
+        ExecStart = "${lib.getExe cfg.package} serve --config ${checkedConfig}";
+        DynamicUser = true;
+        User = "larder";
+        Group = "larder";
+        StateDirectory = stateDir;
+        StateDirectoryMode = "0700";
+        LoadCredential = rendered.credentials;
+        Restart = "on-failure";
+        RestartSec = 10;
+        TimeoutStopSec = 60;
+
+        # The hardening list of nixpkgs' atticd module.
+        CapabilityBoundingSet = [ "" ];
+        DeviceAllow = "";
+        DevicePolicy = "closed";
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        NoNewPrivileges = true;
+        PrivateDevices = true;
+        PrivateTmp = true;
+        PrivateUsers = true;
+        ProcSubset = "pid";
+        ProtectClock = true;
+        ProtectControlGroups = true;
+        ProtectHome = true;
+        ProtectHostname = true;
+        ProtectKernelLogs = true;
+        ProtectKernelModules = true;
+        ProtectKernelTunables = true;
+        ProtectProc = "invisible";
+        ProtectSystem = "strict";
+        RemoveIPC = true;
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@resources" "~@privileged" ];
+        UMask = "0077";
+      };
+    };
+  };
+}
