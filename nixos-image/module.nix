@@ -48,7 +48,8 @@ let
   portOf = addr: lib.toInt (lib.last (lib.splitString ":" addr));
   tlsListen = cfg.settings.tls.listen or [ ];
   ports = [ (portOf cfg.settings.listen) ]
-    ++ map portOf (if builtins.isList tlsListen then tlsListen else [ tlsListen ]);
+    ++ map portOf (if builtins.isList tlsListen then tlsListen else [ tlsListen ])
+    ++ lib.optional (cfg.settings ? s3_listen) (portOf cfg.settings.s3_listen);
 
   # `larder-admin cache list`, `larder-admin token create ...`: the CLI on the data
   # dir, as the service's (dynamic) user, with the service's config.
@@ -60,6 +61,8 @@ let
       --property=Group=larder \
       --property=StateDirectory=${stateDir} \
       --setenv=LARDER_CONFIG=${checkedConfig} \
+      --setenv=LARDER_DATA_DIR=${cfg.settings.data_dir} \
+      --setenv=HOME=/var/empty \
       --working-directory=/ \
       -- ${lib.getExe cfg.package} "$@"
   '';
@@ -78,7 +81,7 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open the TCP ports of `listen` (and `tls.listen`) in the firewall.";
+      description = "Open the TCP ports of `listen`, `tls.listen` and `s3_listen` in the firewall.";
     };
 
     settings = mkOption {

@@ -158,8 +158,33 @@ fn appliance_installs_into_a_root_and_reinstalls_keeping_state() {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("listen = \"0.0.0.0:8080\""), "{text}");
     assert!(text.contains("name = \"default\""), "{text}");
-    // The config the installer writes is one larder accepts.
+    // The config the installer writes is one larder accepts, and so is its HTTPS
+    // variant once the commented-out lines are taken in.
     crate::support::server::larder(&["check-config", s(&config)], &[]).ok();
+    let https: String = text
+        .replace("listen = \"0.0.0.0:8080\"", "listen = \"0.0.0.0:80\"")
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || ["listen =", "domains =", "contact ="]
+                        .iter()
+                        .any(|k| rest.starts_with(k)) =>
+            {
+                format!("{rest}\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(https.contains("\n[tls.acme]\n"), "{https}");
+    let https_config = work.join("https.toml");
+    std::fs::write(&https_config, &https).unwrap();
+    let out = crate::support::server::larder(&["check-config", s(&https_config)], &[]).ok();
+    assert!(
+        out.stdout.contains("tls listen: 0.0.0.0:443"),
+        "{}",
+        out.describe()
+    );
 
     // Re-running keeps what an operator edited and the admin token.
     let edited = text.replace("0.0.0.0:8080", "0.0.0.0:9090");
