@@ -449,3 +449,33 @@ buckets = [{ pattern = "backups", read = true }]
         );
     }
 }
+
+#[test]
+fn tls_files_can_be_credentials() {
+    let setup = Setup::new("bootstrap-tls");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    setup.credential("tls-cert", &cert.pem());
+    setup.credential("tls-key", &key.serialize_pem());
+    // Bare names: read from $CREDENTIALS_DIRECTORY, as LoadCredential= provides.
+    // (A port of its own: `listen` is 127.0.0.1:0 too, and the two must differ.)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    setup.write_config(&format!(
+        "[tls]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"tls-cert\"\nkey_file = \"tls-key\"\n"
+    ));
+    let mut server = setup.server();
+    server.start_again();
+    let line = server
+        .wait_stdout(std::time::Duration::from_secs(30), |l| {
+            l.starts_with("larder tls listening on https://")
+        })
+        .unwrap_or_else(|| panic!("no TLS listener: {:?}", server.stdout_lines()));
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+}

@@ -129,6 +129,14 @@ impl Link {
         };
         // Interface names: at most 15 bytes.
         let (a, b) = (format!("lt{id}c"), format!("lt{id}s"));
+        // Names left by a run that was killed (same pid, long ago) would collide.
+        for ns in [&link.server, &link.client] {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", ns])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         ip(&["netns", "add", &link.server]);
         ip(&["netns", "add", &link.client]);
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
