@@ -11,13 +11,15 @@
 #
 # Options: --binary PATH (the larder binary; default: next to this script, else
 # target/release of the checkout, built when missing), --port N (first install
-# only; default 8080), --no-start.
+# only; default 8080), --domain NAME [--email ADDR] (first install only: HTTPS
+# on 443 with a Let's Encrypt certificate, plain HTTP on 80), --no-start.
 #
 # It creates the system user `larder`, /etc/larder/config.toml (LAN defaults,
 # kept on re-runs), /etc/larder/admin.token (root only, handed to the service
 # through LoadCredential), /var/lib/larder, /usr/local/bin/larder and
-# /etc/systemd/system/larder.service. Re-running it keeps the data, the tokens
-# and the signing keys.
+# /etc/systemd/system/larder.service (plus a drop-in allowing ports below 1024
+# when the config listens on one). Re-running it keeps the data, the tokens and
+# the signing keys.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +27,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root=""
 binary=""
 port=8080
+domain=""
+email=""
 mode=install
 purge=0
 start=1
@@ -48,6 +52,10 @@ while [ $# -gt 0 ]; do
         --binary=*) binary="${1#--binary=}"; shift ;;
         --port) port="${2:?--port needs a number}"; shift 2 ;;
         --port=*) port="${1#--port=}"; shift ;;
+        --domain) domain="${2:?--domain needs a name}"; shift 2 ;;
+        --domain=*) domain="${1#--domain=}"; shift ;;
+        --email) email="${2:?--email needs an address}"; shift 2 ;;
+        --email=*) email="${1#--email=}"; shift ;;
         --uninstall) mode=uninstall; shift ;;
         --purge) mode=uninstall; purge=1; shift ;;
         --no-start) start=0; shift ;;
@@ -59,6 +67,19 @@ done
 case "$port" in
     '' | *[!0-9]*) die "--port must be a number" ;;
 esac
+case "$domain" in
+    *[!A-Za-z0-9.-]*) die "--domain must be a DNS name, e.g. cache.example.com" ;;
+esac
+case "$email" in
+    *[!A-Za-z0-9@.+_-]*) die "--email must be a plain address" ;;
+esac
+if [ -n "$email" ] && [ -z "$domain" ]; then
+    die "--email goes with --domain"
+fi
+if [ -n "$domain" ]; then
+    # ACME's HTTP-01 challenge comes to port 80.
+    port=80
+fi
 if [ -n "$root" ]; then
     mkdir -p "$root"
     root="$(cd "$root" && pwd)"
@@ -69,6 +90,7 @@ fi
 
 bin_dst="$root/usr/local/bin/larder"
 unit_dst="$root/etc/systemd/system/larder.service"
+dropin_dst="$root/etc/systemd/system/larder.service.d/50-low-ports.conf"
 sysusers_dst="$root/etc/sysusers.d/larder.conf"
 conf_dir="$root/etc/larder"
 config="$conf_dir/config.toml"
@@ -90,7 +112,8 @@ uninstall() {
     elif [ -n "$root" ]; then
         systemctl_ disable larder.service 2>/dev/null || true
     fi
-    rm -f "$unit_dst" "$bin_dst"
+    rm -f "$unit_dst" "$bin_dst" "$dropin_dst"
+    rmdir "$(dirname "$dropin_dst")" 2>/dev/null || true
     if [ -z "$root" ]; then
         systemctl daemon-reload
     fi
@@ -136,7 +159,7 @@ fi
 if [ -z "$binary" ] || [ ! -x "$binary" ]; then
     die "no larder binary found: pass --binary PATH"
 fi
-for f in larder.service config.toml larder.sysusers; do
+for f in larder.service low-ports.conf config.toml larder.sysusers; do
     [ -f "$here/$f" ] || die "$here/$f is missing: keep install.sh beside its files"
 done
 
@@ -163,7 +186,21 @@ fi
 # 3. Configuration and the admin token: written once, kept on every re-run.
 install -d -m 0755 "$conf_dir"
 if [ ! -e "$config" ]; then
-    sed "s/@PORT@/$port/g" "$here/config.toml" >"$config.new"
+    https=()
+    if [ -n "$domain" ]; then
+        https=(
+            -e "s|^# public_url = .*|public_url = \"https://$domain\"|"
+            -e 's/^# \[tls\]$/[tls]/'
+            -e 's/^# \(listen = "0.0.0.0:443"\)$/\1/'
+            -e 's/^# \(redirect_exempt_cidrs = .*\)$/\1/'
+            -e 's/^# \[tls.acme\]$/[tls.acme]/'
+            -e "s/^# domains = .*/domains = [\"$domain\"]/"
+        )
+        if [ -n "$email" ]; then
+            https+=(-e "s/^# contact = .*/contact = \"$email\"/")
+        fi
+    fi
+    sed -e "s/@PORT@/$port/g" "${https[@]}" "$here/config.toml" >"$config.new"
     chmod 0644 "$config.new"
     mv "$config.new" "$config"
     echo "wrote $config"
@@ -189,6 +226,21 @@ chown "$uid_gid" "$data_dir"
 install -d -m 0755 "$(dirname "$unit_dst")"
 install -m 0644 "$here/larder.service" "$unit_dst.new"
 mv -f "$unit_dst.new" "$unit_dst"
+# Ports below 1024 (80 and 443 for ACME) need one capability, which the unit
+# does not have; a drop-in gives it while the config listens on such a port.
+low_port=0
+for p in $(grep -E '^[[:space:]]*(s3_)?listen[[:space:]]*=' "$config" | grep -Eo ':[0-9]+"' | tr -d ':"'); do
+    if [ "$p" -lt 1024 ]; then
+        low_port=1
+    fi
+done
+if [ "$low_port" -eq 1 ]; then
+    install -d -m 0755 "$(dirname "$dropin_dst")"
+    install -m 0644 "$here/low-ports.conf" "$dropin_dst"
+else
+    rm -f "$dropin_dst"
+    rmdir "$(dirname "$dropin_dst")" 2>/dev/null || true
+fi
 systemctl_ enable --quiet larder.service
 
 if [ "$start" -eq 0 ]; then

@@ -18,12 +18,16 @@ use crate::support::{assert_same_tree, Nix};
 /// The highest `systemd-analyze security` exposure the unit may have.
 const MAX_EXPOSURE: f64 = 2.0;
 /// The installer's files, as a user copies them next to the binary.
-const APPLIANCE_FILES: [&str; 4] = [
+const APPLIANCE_FILES: [&str; 5] = [
     "install.sh",
     "larder.service",
+    "low-ports.conf",
     "config.toml",
     "larder.sysusers",
 ];
+
+/// The drop-in install.sh adds while the config listens below port 1024.
+const LOW_PORTS_DROPIN: &str = "etc/systemd/system/larder.service.d/50-low-ports.conf";
 
 fn appliance_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance")
@@ -34,31 +38,40 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// The unit with `ExecStart` pointing at the binary under test, so `verify` can
-/// check that the command exists.
-fn unit_for_analysis(work: &Workdir) -> PathBuf {
+/// check that the command exists; with `dropin`, its `[Service]` lines appended
+/// (later lines win, as in a drop-in).
+fn unit_for_analysis(work: &Workdir, name: &str, dropin: Option<&str>) -> PathBuf {
     let unit = std::fs::read_to_string(appliance_dir().join("larder.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/larder serve"));
-    let path = work.join("larder.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/larder", LARDER)).unwrap();
+    let mut text = unit.replace("/usr/local/bin/larder", LARDER);
+    if let Some(d) = dropin {
+        let (before, install) = text.split_once("[Install]").unwrap();
+        let extra: String = d
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text = format!("{before}{extra}\n[Install]{install}");
+    }
+    let path = work.join(name);
+    std::fs::write(&path, text).unwrap();
     path
 }
 
-#[test]
-fn appliance_unit_passes_systemd_analyze() {
-    let work = Workdir::new("unit-analyze");
-    let unit = unit_for_analysis(&work);
-    let out = run(Command::new("systemd-analyze").arg("verify").arg(&unit)).ok();
+/// `systemd-analyze verify` (no output at all) and `security --offline=yes`: the
+/// exposure, checked against [`MAX_EXPOSURE`].
+fn analyze(unit: &Path) -> f64 {
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(unit)).ok();
     assert!(
-        out.stderr.trim().is_empty(),
+        out.stderr.trim().is_empty() && out.stdout.trim().is_empty(),
         "systemd-analyze verify said something: {}",
         out.describe()
     );
-
     let out = run(Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
         // Tenths: 20 is an exposure of 2.0.
         .arg(format!("--threshold={}", (MAX_EXPOSURE * 10.0) as u32))
-        .arg(&unit));
+        .arg(unit));
     let line = out
         .stdout
         .lines()
@@ -73,9 +86,23 @@ fn appliance_unit_passes_systemd_analyze() {
         .unwrap_or_else(|| panic!("unreadable exposure line {line:?}"));
     assert!(
         exposure <= MAX_EXPOSURE && out.success(),
-        "exposure {exposure} > {MAX_EXPOSURE}: {}",
+        "{}: exposure {exposure} > {MAX_EXPOSURE}: {}",
+        unit.display(),
         out.describe()
     );
+    exposure
+}
+
+#[test]
+fn appliance_unit_passes_systemd_analyze() {
+    let work = Workdir::new("unit-analyze");
+    let unit = unit_for_analysis(&work, "larder.service", None);
+    let plain = analyze(&unit);
+    // With the drop-in for ports below 1024 (one capability, no PrivateUsers=).
+    let dropin = std::fs::read_to_string(appliance_dir().join("low-ports.conf")).unwrap();
+    let low = unit_for_analysis(&work, "larder-low-ports.service", Some(&dropin));
+    let with_dropin = analyze(&low);
+    eprintln!("exposure: {plain} (with the low-ports drop-in: {with_dropin})");
     // The hardening list of nixpkgs' atticd module, every entry.
     let text = std::fs::read_to_string(&unit).unwrap();
     for key in [
@@ -152,6 +179,10 @@ fn appliance_installs_into_a_root_and_reinstalls_keeping_state() {
             "{f} was not installed"
         );
     }
+    assert!(
+        !root.join(LOW_PORTS_DROPIN).exists(),
+        "the low-ports drop-in is installed for port 8080"
+    );
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
     assert!(passwd.lines().any(|l| l.starts_with("larder:")), "{passwd}");
     let config = root.join("etc/larder/config.toml");
@@ -207,6 +238,51 @@ fn appliance_installs_into_a_root_and_reinstalls_keeping_state() {
     install(&["--root", r, "--purge"]).ok();
     assert!(!root.join("var/lib/larder").exists());
     assert!(!root.join("etc/larder").exists());
+
+    // --domain: HTTPS with ACME on 443, plain HTTP on 80, and the drop-in that
+    // allows ports below 1024; it goes again once the config no longer needs it.
+    let root2 = work.join("root-https");
+    let r2 = s(&root2);
+    install(&[
+        "--root",
+        r2,
+        "--domain",
+        "cache.example.test",
+        "--email",
+        "admin@example.test",
+    ])
+    .ok();
+    let config2 = root2.join("etc/larder/config.toml");
+    let out = crate::support::server::larder(&["check-config", s(&config2)], &[]).ok();
+    assert!(
+        out.stdout.contains("listen:     0.0.0.0:80"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("tls listen: 0.0.0.0:443"),
+        "{}",
+        out.describe()
+    );
+    let text2 = std::fs::read_to_string(&config2).unwrap();
+    for want in [
+        "domains = [\"cache.example.test\"]",
+        "contact = \"admin@example.test\"",
+        "public_url = \"https://cache.example.test\"",
+    ] {
+        assert!(text2.contains(want), "no {want:?} in:\n{text2}");
+    }
+    assert!(root2.join(LOW_PORTS_DROPIN).exists());
+    std::fs::write(
+        &config2,
+        text2
+            .replace("0.0.0.0:80\"", "0.0.0.0:8080\"")
+            .replace("0.0.0.0:443", "0.0.0.0:8443"),
+    )
+    .unwrap();
+    install(&["--root", r2]).ok();
+    assert!(!root2.join(LOW_PORTS_DROPIN).exists());
+    install(&["--root", r2, "--email", "a@b.test"]).fails();
 
     // Nonsense is refused before anything is touched.
     install(&["--root", r, "--port", "eighty"]).fails();
@@ -376,6 +452,38 @@ fn appliance_boots_installs_serves_and_keeps_data() {
     c.exec(&["test", "-e", "/var/lib/larder"]).fails();
     c.exec(&["test", "-e", "/etc/larder"]).fails();
     c.exec(&["getent", "passwd", "larder"]).fails();
+
+    // A fresh install on port 80: the drop-in lets the unprivileged service bind
+    // it, and a client pushes there.
+    let low = c
+        .exec(&["/opt/larder-install/install.sh", "--port", "80"])
+        .ok();
+    let p80 = printed(&low);
+    assert_eq!(p80.substituter, format!("http://{SERVER_ADDR}:80/default"));
+    c.exec(&[
+        "test",
+        "-f",
+        "/etc/systemd/system/larder.service.d/50-low-ports.conf",
+    ])
+    .ok();
+    let token80 = c
+        .exec(&["cat", &p80.push_token_file])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    std::fs::write(
+        &netrc,
+        format!("machine {SERVER_ADDR} password {token80}\n"),
+    )
+    .unwrap();
+    let mut push80 = nix.cmd("nix");
+    push80
+        .args(["copy", "--from", s(&closure.store), "--to"])
+        .arg(format!("{}?compression=zstd", p80.substituter))
+        .args(["--option", "netrc-file", s(&netrc)])
+        .arg(&closure.top);
+    process::run(&mut c.client(&push80), Duration::from_secs(180)).ok();
     c.poweroff();
     eprintln!(
         "appliance real boot: {:.1} s",
