@@ -50,6 +50,9 @@ let
   ports = [ (portOf cfg.settings.listen) ]
     ++ map portOf (if builtins.isList tlsListen then tlsListen else [ tlsListen ])
     ++ lib.optional (cfg.settings ? s3_listen) (portOf cfg.settings.s3_listen);
+  # Ports below 1024 (80 and 443 for ACME) need CAP_NET_BIND_SERVICE, which only
+  # works on the host's network without PrivateUsers=.
+  lowPorts = builtins.any (p: p < 1024) ports;
 
   # `larder-admin cache list`, `larder-admin token create ...`: the CLI on the data
   # dir, as the service's (dynamic) user, with the service's config.
@@ -186,8 +189,9 @@ in
         RestartSec = 10;
         TimeoutStopSec = 60;
 
-        # The hardening list of nixpkgs' atticd module.
-        CapabilityBoundingSet = [ "" ];
+        # The hardening list of nixpkgs' atticd module, but for ports below 1024.
+        AmbientCapabilities = lib.mkIf lowPorts [ "CAP_NET_BIND_SERVICE" ];
+        CapabilityBoundingSet = if lowPorts then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
         DeviceAllow = "";
         DevicePolicy = "closed";
         LockPersonality = true;
@@ -195,7 +199,7 @@ in
         NoNewPrivileges = true;
         PrivateDevices = true;
         PrivateTmp = true;
-        PrivateUsers = true;
+        PrivateUsers = !lowPorts;
         ProcSubset = "pid";
         ProtectClock = true;
         ProtectControlGroups = true;
