@@ -1679,3 +1679,125 @@ fn s3_large_upload_runs_in_flat_memory() {
         after_large >> 20
     );
 }
+
+#[test]
+fn s3_ranges_read_only_their_chunks_and_multipart_completes_by_reference() {
+    let s3 = S3Larder::start();
+    let k = &s3.admin;
+    s3.aws(k, &["s3", "mb", "s3://refs"]).ok();
+    let data = random_bytes(64 << 20, 61);
+    assert_eq!(signed_put(&s3, "/refs/big", &data).0, 200);
+    let read_so_far = || s3.server.bytes_read().expect("/proc/PID/io");
+    // A 1000-byte range in the middle of 64 MiB reads about one chunk.
+    let signer = s3.signer(k);
+    for (range, want) in [
+        ("bytes=40000000-40000999", &data[40_000_000..40_001_000]),
+        ("bytes=-1000", &data[data.len() - 1000..]),
+        ("bytes=67108000-", &data[67_108_000..]),
+    ] {
+        let before = read_so_far();
+        let o = s3.raw(
+            &signer,
+            RawRequest {
+                method: "GET",
+                target: "/refs/big",
+                headers: vec![("range".into(), range.into())],
+                ..Default::default()
+            },
+        );
+        let after = read_so_far();
+        match o {
+            RawOutcome::Response(r) => {
+                assert_eq!(r.status, 206, "{range}");
+                assert_same(&r.body, want, range);
+            }
+            RawOutcome::NoResponse(why) => panic!("{why}"),
+        }
+        assert!(
+            after - before < 2 << 20,
+            "{range}: the server read {} bytes for a small range of 64 MiB",
+            after - before
+        );
+    }
+    // Completing a multipart upload reads no part bytes and stores no chunk.
+    let w = s3.work();
+    let parts = [random_bytes(6 << 20, 62), random_bytes(3 << 20, 63)];
+    let up = json(
+        &s3.aws(
+            k,
+            &[
+                "s3api",
+                "create-multipart-upload",
+                "--bucket",
+                "refs",
+                "--key",
+                "mp",
+            ],
+        )
+        .ok(),
+    );
+    let id = up["UploadId"].as_str().unwrap().to_string();
+    let mut etags = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let f = w.join(format!("part{i}"));
+        std::fs::write(&f, p).unwrap();
+        let n = (i + 1).to_string();
+        let out = json(
+            &s3.aws(
+                k,
+                &[
+                    "s3api",
+                    "upload-part",
+                    "--bucket",
+                    "refs",
+                    "--key",
+                    "mp",
+                    "--upload-id",
+                    &id,
+                    "--part-number",
+                    &n,
+                    "--body",
+                    f.to_str().unwrap(),
+                ],
+            )
+            .ok(),
+        );
+        etags.push(out["ETag"].as_str().unwrap().to_string());
+    }
+    let stats_before = s3.server.stats();
+    let before = read_so_far();
+    let spec = serde_json::json!({"Parts": [
+        {"PartNumber": 1, "ETag": etags[0]}, {"PartNumber": 2, "ETag": etags[1]}]})
+    .to_string();
+    s3.aws(
+        k,
+        &[
+            "s3api",
+            "complete-multipart-upload",
+            "--bucket",
+            "refs",
+            "--key",
+            "mp",
+            "--upload-id",
+            &id,
+            "--multipart-upload",
+            &spec,
+        ],
+    )
+    .ok();
+    let after = read_so_far();
+    let stats_after = s3.server.stats();
+    assert!(
+        after - before < 1 << 20,
+        "completing read {} bytes",
+        after - before
+    );
+    assert_eq!(stats_after.chunk_bytes, stats_before.chunk_bytes);
+    let (status, body) = signed_get(&s3, "/refs/mp");
+    assert_eq!(status, 200);
+    assert_same(
+        &body,
+        &[parts[0].clone(), parts[1].clone()].concat(),
+        "multipart object",
+    );
+}
