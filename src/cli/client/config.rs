@@ -201,9 +201,9 @@ impl ClientConfig {
 
     /// Resolve `[SERVER:]CACHE` together with `--server`/`--token` flags.
     ///
-    /// `SERVER:` picks a saved server (and cannot be combined with `--server`);
-    /// otherwise `--server URL` wins, then the default saved server. `--token`
-    /// overrides a saved token.
+    /// `SERVER:` picks a saved server (ignoring `--server`); otherwise
+    /// `--server URL` wins, then the default saved server. `--token` overrides a
+    /// saved token.
     pub fn resolve(
         &self,
         spec: &str,
@@ -211,12 +211,9 @@ impl ClientConfig {
         token_flag: Option<&str>,
     ) -> anyhow::Result<(Remote, String)> {
         let (remote, cache) = match spec.split_once(':') {
-            Some((server, cache)) => {
-                if server_flag.is_some() {
-                    bail!("{spec:?} names a saved server; do not also pass --server");
-                }
-                (self.named(server)?, cache.to_owned())
-            }
+            // A saved server named in the spec wins over `--server` (which may
+            // come from `LARDER_SERVER` in the environment).
+            Some((server, cache)) => (self.named(server)?, cache.to_owned()),
             None => {
                 let remote = match server_flag {
                     Some(url) => Remote {
@@ -279,7 +276,8 @@ mod tests {
             ("http://s:1", Some("t"))
         );
         assert!(c.resolve("nope:x", None, None).is_err());
-        assert!(c.resolve("home:x", Some("http://s"), None).is_err());
+        let (r, _) = c.resolve("home:x", Some("http://s"), None).unwrap();
+        assert_eq!(r.endpoint, "http://h.example:8080", "the named server wins");
         assert!(c.resolve("home:", None, None).is_err());
         assert!(ClientConfig::default().resolve("x", None, None).is_err());
     }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod nar;
 pub mod nix;
 pub mod push;
 pub mod use_;
@@ -88,6 +89,9 @@ pub struct PushFlags {
     /// The Nix store to read from (default: the system store).
     #[arg(long, value_name = "STORE")]
     store: Option<String>,
+    /// Read NARs with `nix-store --dump` instead of from the file system.
+    #[arg(long)]
+    nix_dump: bool,
     /// zstd level of NARs on the wire.
     #[arg(long, default_value_t = push::DEFAULT_WIRE_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
@@ -107,6 +111,7 @@ impl PushFlags {
     fn store(&self) -> NixStore {
         NixStore {
             store: self.store.clone(),
+            nix_dump: self.nix_dump,
         }
     }
 }
@@ -258,13 +263,12 @@ pub fn watch_store(a: WatchArgs) -> anyhow::Result<ExitCode> {
 
 impl Target {
     /// Resolve a `larder cache …` target Attic's way: `SERVER:CACHE` picks a saved
-    /// server; with neither `--server` nor `--data-dir`, the default saved server
-    /// is used when there is one (else the local data dir, as before).
+    /// server (over any `--server`); with neither `--server` nor `--data-dir`, the
+    /// default saved server is used when there is one (else the local data dir).
     pub(super) fn resolve_cache(self, spec: &str) -> anyhow::Result<(Target, String)> {
         if let Some((server, cache)) = spec.split_once(':') {
-            if self.server.is_some() || self.data_dir.is_some() {
-                bail!("{spec:?} names a saved server; do not also pass --server or --data-dir");
-            }
+            // The named saved server wins over --server/--data-dir (which may come
+            // from LARDER_SERVER/LARDER_DATA_DIR in the environment).
             let (remote, cache) = ClientConfig::load()?.resolve(
                 &format!("{server}:{cache}"),
                 None,

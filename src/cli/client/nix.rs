@@ -1,9 +1,11 @@
 //! The client's view of the local Nix store, through Nix's own commands (works
 //! with Nix 2.8): `nix path-info --json [--recursive]` for closures and metadata,
-//! `nix-store --dump` (or `nix store dump-path --store S` for another store) for
-//! NARs. Nothing here parses the Nix database itself.
+//! and NARs either serialised in-process from the file system (`nar.rs`, for
+//! paths on disk here) or from `nix-store --dump` (`nix store dump-path --store S`
+//! for another store). Nothing here parses the Nix database itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -48,6 +50,32 @@ impl PathInfo {
 #[derive(Clone, Debug, Default)]
 pub struct NixStore {
     pub store: Option<String>,
+    /// Dump NARs with Nix (`nix-store --dump`) even when the path is on disk here.
+    pub nix_dump: bool,
+}
+
+/// What produces a NAR being read: nothing to wait for, or a Nix dump process.
+pub struct NarDone {
+    child: Option<(Child, std::thread::JoinHandle<String>)>,
+}
+
+impl NarDone {
+    /// After the upload (which consumed the reader): stop (on failure) or wait for
+    /// a Nix dump process, and report its failure.
+    pub fn finish(self, upload_failed: bool) -> anyhow::Result<()> {
+        let Some((mut child, stderr)) = self.child else {
+            return Ok(());
+        };
+        if upload_failed {
+            let _ = child.kill();
+        }
+        let status = child.wait().context("waiting for the NAR dump")?;
+        let err = stderr.join().unwrap_or_default();
+        if !status.success() && !upload_failed {
+            bail!("the NAR dump failed: {}", err.trim());
+        }
+        Ok(())
+    }
 }
 
 impl NixStore {
@@ -100,8 +128,50 @@ impl NixStore {
         Ok(infos)
     }
 
+    /// Where `path` is on this machine's file system, when it is.
+    fn on_disk(&self, path: &str) -> Option<PathBuf> {
+        let rel = path.strip_prefix("/nix/store/")?;
+        if rel.is_empty() || rel.contains('/') {
+            return None;
+        }
+        match &self.store {
+            None => Some(PathBuf::from(path)),
+            Some(s) if s.starts_with('/') => Some(self.store_dir_on_disk().join(rel)),
+            Some(_) => None,
+        }
+    }
+
+    /// Start reading `path` as a NAR: in-process from the file system when the
+    /// path is on disk here, else from Nix.
+    pub fn open_nar(&self, path: &str) -> anyhow::Result<(Box<dyn Read + Send>, NarDone)> {
+        if !self.nix_dump {
+            if let Some(p) = self.on_disk(path) {
+                return Ok((Box::new(super::nar::dump(p)), NarDone { child: None }));
+            }
+        }
+        let mut child = self.dump(path)?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the NAR dump has no output pipe")?;
+        let mut stderr = child.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut text);
+            }
+            text
+        });
+        Ok((
+            Box::new(stdout),
+            NarDone {
+                child: Some((child, reader)),
+            },
+        ))
+    }
+
     /// Start dumping `path` as a NAR on the child's stdout.
-    pub fn dump(&self, path: &str) -> anyhow::Result<Child> {
+    fn dump(&self, path: &str) -> anyhow::Result<Child> {
         let mut cmd = match &self.store {
             None => {
                 let mut c = Command::new("nix-store");

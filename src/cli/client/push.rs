@@ -6,9 +6,10 @@
 //! 2. `nix path-info --json --recursive` for the closure and its metadata.
 //! 3. Drop paths signed by an upstream key (`cache.nixos.org-1` by default).
 //! 4. `get-missing-paths`, so paths the cache has are not sent again.
-//! 5. `-j N` workers, references first: each streams `nix-store --dump` through
-//!    zstd straight into a chunked `PUT upload-path` (`Content-Encoding: zstd`), so
-//!    no NAR is ever held whole in memory or on disk.
+//! 5. `-j N` workers, references first: each streams the NAR (serialised from the
+//!    file system, or from `nix-store --dump` with `--nix-dump`) through zstd
+//!    straight into a chunked `PUT upload-path` (`Content-Encoding: zstd`), so no
+//!    NAR is ever held whole in memory or on disk.
 //!
 //! Progress bars (one per path, one for the total with rate and ETA) are drawn
 //! only when stderr is a terminal. A summary follows either way.
@@ -346,21 +347,9 @@ fn upload_one(
     total: &ProgressBar,
 ) -> anyhow::Result<UploadPathResult> {
     let meta = upload_info(cache, info)?;
-    let mut child = store.dump(&info.path)?;
-    let stdout = child
-        .stdout
-        .take()
-        .context("the NAR dump has no output pipe")?;
-    let mut stderr = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.read_to_string(&mut text);
-        }
-        text
-    });
+    let (reader, done) = store.open_nar(&info.path)?;
     let nar = Counting {
-        inner: stdout,
+        inner: reader,
         counters: vec![read.clone()],
         bars: vec![bar.clone(), total.clone()],
     };
@@ -375,17 +364,8 @@ fn upload_one(
             api.upload_path(&meta, wire, true)
                 .map_err(anyhow::Error::from)
         });
-    // On failure the pipe may still be open: stop the dump rather than wait on it.
-    if result.is_err() {
-        let _ = child.kill();
-    }
-    let status = child.wait().context("waiting for the NAR dump")?;
-    let dump_err = err_reader.join().unwrap_or_default();
-    let answer = result?;
-    if !status.success() {
-        bail!("dumping {} failed: {}", info.path, dump_err.trim());
-    }
-    Ok(answer)
+    done.finish(result.is_err())?;
+    result
 }
 
 #[cfg(test)]
