@@ -33,8 +33,9 @@ const DEBOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Booting to `running` takes about 2 s on an idle machine; far longer while
 /// other builds load both cores.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// A clean poweroff takes about 2 s here.
-const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
+/// A clean poweroff takes about 2 s here; longer than the unit's TimeoutStopSec
+/// (60 s), so a service that ignores SIGTERM shows as a failure, not a hang.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(90);
 /// One command run inside the container.
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -293,7 +294,10 @@ impl Container {
         let deadline = Instant::now() + POWEROFF_TIMEOUT;
         loop {
             match child.try_wait() {
-                Ok(Some(_)) => return,
+                Ok(Some(_)) => {
+                    self.pid1 = 0;
+                    return;
+                }
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
                 _ => {
                     self.nspawn = Some(child);
