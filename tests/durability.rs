@@ -313,3 +313,45 @@ fn lost_pack_is_never_served_and_a_repush_heals_it() {
         out.describe()
     );
 }
+
+#[test]
+fn bit_rot_under_a_running_server_aborts_the_download() {
+    let server = Server::start();
+    let cache = server.create_cache("main", false);
+    let nix = Nix::new("bit-rot");
+    let c = nix.closure("src", BLOB_BYTES);
+    push(&nix, &server, &cache, &c, &[&c.top]).ok();
+
+    // The disk rots under the running server: nothing was restarted, so only the
+    // serving path itself can notice.
+    corrupt(&largest_pack(&server), &[0.3, 0.5, 0.7], 4096);
+    let mid = nix.dump(&c.store, &c.mid);
+    let first = fetch_nar(&server, &cache, &c.mid, &mid);
+    assert!(
+        matches!(first, NarFetch::Refused(_) | NarFetch::Aborted(_)),
+        "GET of a rotten NAR: {first:?}"
+    );
+    let verify = server.remote(&["verify"]);
+    let named = check_damage(&server, &cache, &nix, &c, &verify);
+    assert!(
+        named.contains(&c.mid),
+        "verify did not name {}: {named:?}",
+        c.mid
+    );
+
+    // Nix refuses to install from it rather than installing something wrong.
+    let netrc = nix.netrc(server.token());
+    let dst = nix.store("dst-rotten");
+    nix.substitute(&dst, &c.top, &cache.url, &cache.public_key, Some(&netrc))
+        .fails();
+    assert!(!nix.is_valid(&dst, &c.mid));
+
+    push(&nix, &server, &cache, &c, &[&c.top]).ok();
+    substitute_fresh(&nix, &server, &cache, &c, "dst-healed");
+    let out = server.remote(&["verify"]);
+    assert!(
+        out.success(),
+        "verify after the re-push: {}",
+        out.describe()
+    );
+}
