@@ -19,11 +19,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 paths=400
 reps=3
-wrk_secs=10
+wrk_reps=5
+wrk_secs=8
 build=1
 for a in "$@"; do
     case "$a" in
-        --quick) paths=150; reps=1; wrk_secs=4 ;;
+        --quick) paths=150; reps=1; wrk_reps=1; wrk_secs=4 ;;
         --no-build) build=0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
@@ -176,16 +177,26 @@ EOF
 # Sanity: every URL answers 200 as each kind of caller.
 curl -sf -o /dev/null "$url$(head -1 "$work/urls-team-pub.txt")"
 curl -sf -o /dev/null -H "Authorization: Bearer $scoped" "$url$(head -1 "$work/urls-team-priv.txt")"
+server_pid=${pids[$(( ${#pids[@]} - 1 ))]}
+cpu_ticks() { # utime + stime of the server, in clock ticks
+    awk '{print $14 + $15}' "/proc/$server_pid/stat"
+}
+# Throughput on a shared 2-core machine swings with whatever else runs; the
+# server's CPU time per request (from /proc) is the steadier measure of cost.
 run_wrk() { # NAME URLFILE [HEADER]
     local name=$1 file=$2
     shift 2
+    local c0 c1
+    c0=$(cpu_ticks)
     wrk -t2 -c64 -d"${wrk_secs}s" "$@" -s "$work/narinfo.lua" "$url" -- "$file" >"$results/wrk-$name.txt"
-    local rps non
+    c1=$(cpu_ticks)
+    local rps non reqs
     rps=$(awk '/Requests\/sec/ {print $2}' "$results/wrk-$name.txt")
+    reqs=$(awk '/requests in/ {print $1}' "$results/wrk-$name.txt")
     non=$(sed -n 's/^non2xx=//p' "$results/wrk-$name.txt")
-    echo "$name $rps non2xx=$non" | tee -a "$results/rps.txt"
+    echo "$name $rps non2xx=$non cpu_ns=$(( (c1 - c0) * 1000000000 / $(getconf CLK_TCK) / reqs ))" | tee -a "$results/rps.txt"
 }
-for r in $(seq "$reps"); do
+for r in $(seq "$wrk_reps"); do
     run_wrk "anon-public-$r" "$work/urls-team-pub.txt"
     run_wrk "token-public-$r" "$work/urls-team-pub.txt" -H "Authorization: Bearer $scoped"
     run_wrk "token-private-$r" "$work/urls-team-priv.txt" -H "Authorization: Bearer $scoped"
@@ -200,22 +211,24 @@ for line in (res / "times.txt").read_text().split("\n"):
     if line.strip():
         k, v = line.split()
         times.setdefault(k, []).append(float(v))
-rps = {}
+rps, cpu = {}, {}
 for line in (res / "rps.txt").read_text().split("\n"):
     if line.strip():
-        name, v, non = line.split()
+        name, v, non, us = line.split()
         assert non == "non2xx=0", line
         rps.setdefault(name.rsplit("-", 1)[0], []).append(float(v))
+        cpu.setdefault(name.rsplit("-", 1)[0], []).append(float(us.split("=")[1]) / 1000)
 lp, nc = statistics.median(times["larder_push"]), statistics.median(times["nix_copy"])
 print(f"closure: {count} paths, {nar/2**20:.1f} MiB of NARs")
 print(f"larder push -j 4 : {lp:6.2f} s  ({nar/2**20/lp:6.1f} MiB/s)  runs {times['larder_push']}")
 print(f"nix copy (zstd)  : {nc:6.2f} s  ({nar/2**20/nc:6.1f} MiB/s)  runs {times['nix_copy']}")
 print(f"push speed-up    : {nc/lp:.2f}x")
-a = statistics.median(rps["anon-public"])
+a, ac = statistics.median(rps["anon-public"]), statistics.median(cpu["anon-public"])
+print(f"narinfo/s anon-public   : {a:9.0f}  server CPU {ac:5.2f} us/request  runs {rps['anon-public']} {cpu['anon-public']}")
 for k in ("token-public", "token-private"):
-    t = statistics.median(rps[k])
-    print(f"narinfo/s {k:14s}: {t:9.0f}  vs anonymous {a:9.0f}: cost {100*(1-t/a):5.1f}% (goal <= 10%)  runs {rps[k]}")
-print(f"narinfo/s anon-public   : runs {rps['anon-public']}")
+    t, tc = statistics.median(rps[k]), statistics.median(cpu[k])
+    print(f"narinfo/s {k:14s}: {t:9.0f}  server CPU {tc:5.2f} us/request  runs {rps[k]} {cpu[k]}")
+    print(f"   cost vs anonymous: throughput {100*(1-t/a):5.1f}%, server CPU per request {100*(tc/ac-1):5.1f}% (goal <= 10%)")
 s = json.loads((res / "larder-push-1.json").read_text())
 print(f"larder push summary (run 1): {s}")
 EOF
