@@ -691,3 +691,37 @@ fn cache_commands_use_saved_servers_and_attic_flags() {
     let out = client.larder(&["cache", "info", "nope:team-x"]).fails();
     assert!(out.stderr.contains("nope"), "{}", out.describe());
 }
+
+#[test]
+fn push_sends_large_metadata_as_a_preamble() {
+    let server = Server::start();
+    let cache = server.create_cache("team-dev", false);
+    let client = Client::new("client-preamble");
+    client
+        .larder(&["login", "main", server.url(), server.token()])
+        .ok();
+    // 120 references: the upload metadata is well over the 4 KiB header limit.
+    let store = client.nix.store("src");
+    let built = client.nix.build(
+        &store,
+        "wide.nix",
+        &format!(
+            r#"let mk = name: script: builtins.derivation {{
+                 inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+                 args = [ "-c" script ]; PATH = "/usr/bin:/bin"; salt = "{}"; }};
+               deps = builtins.genList (i: mk "dep-${{toString i}}" "echo ${{toString i}} > $out") 120;
+           in mk "wide" ("mkdir $out; echo " + builtins.concatStringsSep " " (map toString deps) + " > $out/refs")"#,
+            client.nix.salt()
+        ),
+    );
+    let wide = built[0].clone();
+    let refs = client.nix.references(&store, &wide);
+    assert_eq!(refs.len(), 120);
+    let json_refs: usize = refs.iter().map(|r| r.len() - "/nix/store/".len() + 3).sum();
+    assert!(json_refs > 4096, "metadata would fit a header: {json_refs}");
+    let summary = client.push(&["team-dev", "--store", s(&store), &wide]);
+    assert_eq!(counts(&summary), (121, 0, 0, 0), "{summary}");
+    let info = fetch_narinfo(&cache, &wide, server.auth()).expect("wide narinfo");
+    assert_eq!(info.references().len(), 120);
+    assert_eq!(info.require("NarHash"), client.nix.nar_hash(&store, &wide));
+}

@@ -147,7 +147,11 @@ struct Target {
     upstream: Vec<String>,
 }
 
-fn target(api: &Api, cache: &str, quiet_note: bool) -> anyhow::Result<Target> {
+/// Whether the "may not read settings" note was printed (once per process: a
+/// watcher pushes many times).
+static NOTED_NO_PULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn target(api: &Api, cache: &str) -> anyhow::Result<Target> {
     match api.cache_config(cache) {
         Ok(cfg) => Ok(Target {
             api: if cfg.api_endpoint.is_empty() {
@@ -160,7 +164,7 @@ fn target(api: &Api, cache: &str, quiet_note: bool) -> anyhow::Result<Target> {
         // May push but not pull: the config is not ours to read; go on with the
         // defaults a cache is created with.
         Err(e) if e.status() == Some(403) => {
-            if !quiet_note {
+            if !NOTED_NO_PULL.swap(true, Ordering::Relaxed) {
                 eprintln!(
                     "note: this token may not read {cache}'s settings; skipping paths signed by {DEFAULT_UPSTREAM_KEY}"
                 );
@@ -184,7 +188,7 @@ pub fn push(
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut summary = Summary::default();
-    let tgt = target(api, cache, false)?;
+    let tgt = target(api, cache)?;
     let infos = store.path_info(roots, opts.closure)?;
     let invalid: Vec<&str> = infos
         .iter()
