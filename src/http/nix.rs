@@ -61,6 +61,19 @@ fn ok_empty() -> Response {
 /// Entry point for every path that is not `/_…`.
 pub async fn handle(State(larder): State<Arc<Larder>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    // A client that waits for `100 Continue` has sent nothing yet, and one that
+    // announces more than the drain bound would not be drained anyway: answer
+    // those at once, without inviting the body.
+    let waits_for_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let too_long_to_drain = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > super::DRAIN_AFTER_REFUSAL_BYTES);
     let mut body = Some(body);
     match dispatch(larder, parts, &mut body).await {
         Ok(r) => r,
@@ -68,7 +81,7 @@ pub async fn handle(State(larder): State<Arc<Larder>>, req: Request) -> Response
             // Refused before the body was read: drain it (bounded) so a client that
             // sends without waiting for `100 Continue` reads this answer rather
             // than a reset.
-            if let Some(b) = body {
+            if let (Some(b), false, false) = (body, waits_for_continue, too_long_to_drain) {
                 let (_, pumping) = pump(b);
                 let _ = tokio::time::timeout(DRAIN_TIMEOUT, pumping).await;
             }
