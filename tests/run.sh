@@ -11,9 +11,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages the tests use: Nix 2.8 as the real client, curl for poking at a
 # server by hand, shellcheck for the scripts; debootstrap, systemd-nspawn and ip
-# for the appliance's real-boot test (tests/appliance.rs).
+# for the appliance's real-boot test (tests/appliance.rs); pebble (with
+# pebble-challtestsrv) as a real ACME CA for the TLS tests (tests/tls.rs).
 packages=(nix-bin curl ca-certificates shellcheck awscli rclone s3cmd python3-venv
-    debootstrap systemd-container iproute2)
+    debootstrap systemd-container iproute2 pebble)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -23,4 +23,5 @@ mod nix_files;
 mod s3;
 mod side_files;
 mod substitution;
+mod tls;
 mod tokens;

@@ -181,12 +181,12 @@ impl AcmeManager {
                     let next = unix_now() + i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
                     retry_at = Some(next);
                     tracing::warn!(
-                        error = %e,
+                        error = %error_chain(&e),
                         directory = %self.settings.directory,
                         retry_in_secs = wait.as_secs(),
                         "ACME: could not obtain a certificate; the current one (if any) keeps serving"
                     );
-                    let message = e.to_string();
+                    let message = error_chain(&e);
                     self.update_state(|s| {
                         s.last_error = Some(message);
                         s.last_error_at = Some(unix_now());
@@ -371,6 +371,22 @@ impl AcmeManager {
         self.served_from = Some(self.settings.directory.clone());
         Ok(info)
     }
+}
+
+/// An error with its causes (`client error (Connect): tcp connect error:
+/// Connection refused`): the HTTP client's own message alone hides the reason.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// What the CA said about each name of a refused order.

@@ -7,9 +7,11 @@
 pub mod container;
 pub mod http;
 pub mod nix;
+pub mod pebble;
 pub mod process;
 pub mod s3;
 pub mod server;
+pub mod tls;
 pub mod workdir;
 
 use std::collections::BTreeMap;
