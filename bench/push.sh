@@ -6,7 +6,8 @@
 #    into a fresh server (fresh data dir, so neither run benefits from dedup).
 # 2. narinfo lookups per second with wrk (64 connections): anonymous reads of a
 #    public cache, against a scoped token on every request (public and private
-#    cache). Goal: verifying a token costs at most 10%.
+#    cache). Goal: verifying a token costs at most 10%. Also the server's CPU
+#    time per request, and the token check alone (examples/token_cost.rs).
 #
 #   bash bench/push.sh               # full run (a few minutes on 2 cores)
 #   bash bench/push.sh --quick       # fewer paths, shorter wrk runs
@@ -46,7 +47,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 if [ "$build" = 1 ]; then
-    cargo build --release --locked
+    cargo build --release --locked --bin larder --example token_cost
 fi
 larder=$PWD/target/release/larder
 
@@ -203,6 +204,11 @@ for r in $(seq "$wrk_reps"); do
 done
 stop_server
 
+# The token check alone, in-process (examples/token_cost.rs).
+if [ -x target/release/examples/token_cost ]; then
+    target/release/examples/token_cost >"$results/token-cost.txt"
+fi
+
 python3 - "$results" "$count" "$nar_bytes" <<'EOF' | tee "$results/summary.txt"
 import json, statistics, sys, pathlib
 res, count, nar = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -229,6 +235,10 @@ for k in ("token-public", "token-private"):
     t, tc = statistics.median(rps[k]), statistics.median(cpu[k])
     print(f"narinfo/s {k:14s}: {t:9.0f}  server CPU {tc:5.2f} us/request  runs {rps[k]} {cpu[k]}")
     print(f"   cost vs anonymous: throughput {100*(1-t/a):5.1f}%, server CPU per request {100*(tc/ac-1):5.1f}% (goal <= 10%)")
+tc = res / "token-cost.txt"
+if tc.exists():
+    print("in-process token check (examples/token_cost.rs):")
+    print("   " + tc.read_text().strip().replace("\n", "\n   "))
 s = json.loads((res / "larder-push-1.json").read_text())
 print(f"larder push summary (run 1): {s}")
 EOF
