@@ -229,6 +229,15 @@ fn tls_acme_http01_two_names_then_restart_orders_nothing() {
         format!("https://{CACHE_HOST}:{}/demo", t.tls_port),
         "{info}"
     );
+    // `larder use` (talking to the API over the exempted plain path) prints it too.
+    let printed = t.server.remote(&["use", "demo"]).ok().stdout;
+    assert!(
+        printed.contains(&format!(
+            "extra-substituters = https://{CACHE_HOST}:{}/demo",
+            t.tls_port
+        )),
+        "{printed}"
+    );
     let (status, body) = h1.get("/demo/nix-cache-info", None).unwrap();
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("StoreDir: /nix/store"));
