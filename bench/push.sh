@@ -7,7 +7,7 @@
 # 2. narinfo lookups per second with wrk (64 connections): anonymous reads of a
 #    public cache, against a scoped token on every request (public and private
 #    cache). Goal: verifying a token costs at most 10%. Also the server's CPU
-#    time per request, and the token check alone (examples/token_cost.rs).
+#    time per request, and the token check alone (bench/token_cost.rs).
 #
 #   bash bench/push.sh               # full run (a few minutes on 2 cores)
 #   bash bench/push.sh --quick       # fewer paths, shorter wrk runs
@@ -204,7 +204,7 @@ for r in $(seq "$wrk_reps"); do
 done
 stop_server
 
-# The token check alone, in-process (examples/token_cost.rs).
+# The token check alone, in-process (bench/token_cost.rs).
 if [ -x target/release/examples/token_cost ]; then
     target/release/examples/token_cost >"$results/token-cost.txt"
 fi
@@ -237,7 +237,7 @@ for k in ("token-public", "token-private"):
     print(f"   cost vs anonymous: throughput {100*(1-t/a):5.1f}%, server CPU per request {100*(tc/ac-1):5.1f}% (goal <= 10%)")
 tc = res / "token-cost.txt"
 if tc.exists():
-    print("in-process token check (examples/token_cost.rs):")
+    print("in-process token check (bench/token_cost.rs):")
     print("   " + tc.read_text().strip().replace("\n", "\n   "))
 s = json.loads((res / "larder-push-1.json").read_text())
 print(f"larder push summary (run 1): {s}")
