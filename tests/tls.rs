@@ -17,7 +17,7 @@ use crate::support::http::{self, RawOutcome};
 use crate::support::nix::s;
 use crate::support::pebble::Pebble;
 use crate::support::process;
-use crate::support::server::Launch;
+use crate::support::server::{larder, Launch};
 use crate::support::tls::{free_port, replace_file, roots, ConnectProxy, HttpsConn, TestCa};
 use crate::support::workdir::Workdir;
 use crate::support::{hash_part, Nix, Server};
@@ -610,8 +610,8 @@ fn tls_cert_files_replaced_swap_the_served_certificate() {
         key,
         tls_port: port,
         config,
-        dir: _dir,
-    } = static_server(&ca, &[CACHE_HOST], "");
+        dir,
+    } = static_server(&ca, &[CACHE_HOST, "127.0.0.1"], "");
     let addr = format!("127.0.0.1:{port}");
     let first_pem = std::fs::read_to_string(&cert).unwrap();
     let first = crate::support::tls::Issued {
@@ -621,6 +621,38 @@ fn tls_cert_files_replaced_swap_the_served_certificate() {
     .sha256();
     let mut kept = HttpsConn::connect(&addr, CACHE_HOST, roots.clone(), H1).unwrap();
     assert_eq!(kept.leaf_sha256(), first);
+
+    // larder's own CLI speaks HTTPS, trusting a private CA through SSL_CERT_FILE.
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let https = format!("https://{addr}");
+    let ok = larder(
+        &[
+            "stats",
+            "--json",
+            "--server",
+            &https,
+            "--token",
+            server.token(),
+        ],
+        &[("SSL_CERT_FILE", s(&ca_file))],
+    );
+    assert!(ok.success(), "{}", ok.describe());
+    assert!(ok.stdout.contains("\"chunks\""), "{}", ok.describe());
+    let other = dir.join("other.pem");
+    std::fs::write(&other, TestCa::new("unrelated CA").pem()).unwrap();
+    let refused = larder(
+        &[
+            "stats",
+            "--json",
+            "--server",
+            &https,
+            "--token",
+            server.token(),
+        ],
+        &[("SSL_CERT_FILE", s(&other))],
+    );
+    assert!(!refused.success(), "{}", refused.describe());
 
     // Replace the key, then the certificate: in between the pair does not match and
     // the old certificate must keep serving.

@@ -16,7 +16,9 @@ impl Client {
         Self {
             base: server.trim_end_matches('/').to_owned(),
             token,
-            agent: ureq::AgentBuilder::new().build(),
+            agent: ureq::AgentBuilder::new()
+                .tls_config(larder::tls::client_config())
+                .build(),
         }
     }
 

@@ -234,6 +234,25 @@ impl Tls {
     }
 }
 
+/// The TLS client configuration larder's own CLI uses to reach an HTTPS server:
+/// rustls with ring, trusting the system's roots. `SSL_CERT_FILE` (or
+/// `SSL_CERT_DIR`) points it at a private CA instead, as for most TLS clients.
+pub fn client_config() -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => b,
+        // ring supports the default versions; this arm only satisfies the types.
+        Err(_) => rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS),
+    };
+    Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
 /// One name in `larder tls status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct NameStatus {

@@ -60,6 +60,7 @@ impl Api {
             base: base.trim_end_matches('/').to_owned(),
             token,
             agent: ureq::AgentBuilder::new()
+                .tls_config(larder::tls::client_config())
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout_read(READ_TIMEOUT)
                 .user_agent(concat!("larder/", env!("CARGO_PKG_VERSION")))
