@@ -24,8 +24,9 @@ use crate::meta::{KeyWindow, Meta, ObjectSummary};
 
 /// Largest page, and the default.
 pub const MAX_KEYS: usize = 1000;
-/// Rows fetched per index query while scanning.
-const SCAN_BATCH: usize = 1000;
+/// Rows fetched per index query while scanning: a full page and one more, to
+/// tell whether it is truncated.
+const SCAN_BATCH: usize = MAX_KEYS + 1;
 
 /// What `encoding-type=url` leaves alone: RFC 3986 unreserved characters and `/`.
 const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -92,8 +93,10 @@ pub fn scan(meta: &Meta, bucket_id: i64, q: &Scan<'_>) -> S3ApiResult<Page> {
             lower: cursor.as_ref().map(|(k, inc)| (k.as_slice(), *inc)),
             below: below.as_deref(),
         };
-        let batch = meta.s3_list_objects(bucket_id, window, SCAN_BATCH)?;
-        let full = batch.len() == SCAN_BATCH;
+        // Enough rows to fill the page and see whether one more follows.
+        let want = (q.max - count(&page) + 1).min(SCAN_BATCH);
+        let batch = meta.s3_list_objects(bucket_id, window, want)?;
+        let full = batch.len() == want;
         if batch.is_empty() {
             break;
         }

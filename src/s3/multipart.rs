@@ -168,6 +168,7 @@ pub(crate) async fn upload_part(
         input.body,
         MAX_PUT_BYTES,
         plan.as_ref().map(|p| p.algo),
+        input.content_length.and_then(|n| u64::try_from(n).ok()),
     )
     .await?;
     let checksum = verify_body(
