@@ -66,12 +66,22 @@ pub struct BodyDigest {
 /// The MD5 and the requested checksum of a body, computed where it is read or,
 /// for large bodies, on a thread of their own so that hashing overlaps chunking.
 enum Hashing {
-    Inline(Md5, Option<(ChecksumAlgo, ChecksumHasher)>),
+    /// Boxed: the hasher states are large, and most bodies take the other arm.
+    Inline(Box<InlineHashers>),
     Thread {
         tx: Option<crossbeam_channel::Sender<Bytes>>,
-        handle: std::thread::JoinHandle<([u8; 16], Option<(ChecksumAlgo, String)>)>,
+        handle: std::thread::JoinHandle<Digests>,
     },
 }
+
+/// MD5 and the requested checksum, hashed where the body is read.
+struct InlineHashers {
+    md5: Md5,
+    sum: Option<(ChecksumAlgo, ChecksumHasher)>,
+}
+
+/// A body's MD5 and its requested checksum (base64), when finished.
+type Digests = ([u8; 16], Option<(ChecksumAlgo, String)>);
 
 /// Bodies at least this long (or of unknown length) are hashed on their own
 /// thread: MD5 alone runs at a few hundred MB/s, as slow as the rest of ingest.
@@ -105,15 +115,20 @@ impl Hashing {
                     handle,
                 })
         };
-        spawned.unwrap_or_else(|| Hashing::Inline(Md5::new(), checksum.map(|a| (a, a.hasher()))))
+        spawned.unwrap_or_else(|| {
+            Hashing::Inline(Box::new(InlineHashers {
+                md5: Md5::new(),
+                sum: checksum.map(|a| (a, a.hasher())),
+            }))
+        })
     }
 
     fn update(&mut self, piece: &Bytes) {
         match self {
-            Hashing::Inline(md5, sum) => {
-                md5.update(piece);
-                if let Some((_, h)) = sum {
-                    h.update(piece);
+            Hashing::Inline(h) => {
+                h.md5.update(piece);
+                if let Some((_, sum)) = &mut h.sum {
+                    sum.update(piece);
                 }
             }
             Hashing::Thread { tx, .. } => {
@@ -125,9 +140,12 @@ impl Hashing {
         }
     }
 
-    fn finish(self) -> S3ApiResult<([u8; 16], Option<(ChecksumAlgo, String)>)> {
+    fn finish(self) -> S3ApiResult<Digests> {
         match self {
-            Hashing::Inline(md5, sum) => Ok((md5.finish(), sum.map(|(a, h)| (a, h.finish())))),
+            Hashing::Inline(h) => {
+                let h = *h;
+                Ok((h.md5.finish(), h.sum.map(|(a, s)| (a, s.finish()))))
+            }
             Hashing::Thread { tx, handle } => {
                 drop(tx);
                 handle
