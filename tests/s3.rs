@@ -826,6 +826,22 @@ fn s3_bad_input_is_4xx_never_5xx() {
     assert!(!log.contains("panicked"), "{log}");
     let o = send("GET", "/bkt?list-type=2", vec![], b"");
     assert_eq!(status_and_code(&o).0, 200);
+    // A Range that cannot be honoured (and is not signed) is ignored, as RFC 9110
+    // says: the whole object, 200.
+    assert_eq!(
+        send("PUT", "/bkt/ten", vec![], b"0123456789").status(),
+        Some(200)
+    );
+    let url = signer.presign("GET", &s3.addr(), "/bkt/ten", 60, SystemTime::now());
+    for (range, status, body) in [
+        ("bytes=4-2", 200, &b"0123456789"[..]),
+        ("bytes=0-1,3-4", 200, b"0123456789"),
+        ("lines=1-2", 200, b"0123456789"),
+        ("bytes=2-3", 206, b"23"),
+    ] {
+        let r = http::request("GET", &url, Auth::None, &[("Range", range)], None);
+        assert_eq!((r.status, r.body.as_slice()), (status, body), "{range}");
+    }
 }
 
 #[test]

@@ -104,7 +104,15 @@ pub async fn serve(
                 let service = service.clone();
                 tokio::spawn(async move {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let service = service.clone();
+                        async move {
+                            let mut req = req.map(s3s::Body::from);
+                            ignore_unusable_range(req.headers_mut());
+                            service.call(req).await
+                        }
+                    });
+                    if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
                         tracing::debug!(error = %e, "S3 connection ended with an error");
                     }
                 });
@@ -113,6 +121,35 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Drop a Range header larder cannot honour (malformed, another unit, several
+/// ranges), so the request answers with the whole object, as RFC 9110 and S3 do;
+/// s3s would refuse the request instead. A Range the request's signature covers
+/// must stay (removing it would break the signature): s3s then answers 400.
+fn ignore_unusable_range(headers: &mut hyper::HeaderMap) {
+    let signed = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("SignedHeaders=").nth(1))
+        .is_some_and(|rest| {
+            rest.split([',', ' '])
+                .next()
+                .unwrap_or("")
+                .split(';')
+                .any(|h| h.eq_ignore_ascii_case("range"))
+        });
+    if signed {
+        return;
+    }
+    let usable = headers.get(hyper::header::RANGE).map(|v| {
+        v.to_str()
+            .ok()
+            .is_some_and(|r| s3s::dto::Range::parse(r.trim()).is_ok())
+    });
+    if usable == Some(false) {
+        headers.remove(hyper::header::RANGE);
+    }
 }
 
 /// Is `host` (a Host header, maybe with a port) the S3 host or one of its
@@ -134,7 +171,8 @@ pub async fn handle(
     service: &S3Service,
     req: hyper::Request<axum::body::Body>,
 ) -> hyper::Response<axum::body::Body> {
-    let req = req.map(s3s::Body::http_body_unsync);
+    let mut req = req.map(s3s::Body::http_body_unsync);
+    ignore_unusable_range(req.headers_mut());
     match service.call(req).await {
         Ok(resp) => resp.map(axum::body::Body::new),
         Err(e) => {
@@ -186,6 +224,35 @@ pub fn host_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_ranges_are_dropped() {
+        for (range, kept) in [
+            ("bytes=0-9", true),
+            ("bytes=-5", true),
+            ("bytes=5-", true),
+            ("bytes=4-2", false),
+            ("bytes=abc", false),
+            ("items=0-1", false),
+            ("bytes=0-1,3-4", false),
+        ] {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(hyper::header::RANGE, range.parse().unwrap());
+            ignore_unusable_range(&mut h);
+            assert_eq!(h.contains_key(hyper::header::RANGE), kept, "{range}");
+        }
+        // A signed Range stays, whatever it says.
+        let mut h = hyper::HeaderMap::new();
+        h.insert(hyper::header::RANGE, "bytes=4-2".parse().unwrap());
+        h.insert(
+            hyper::header::AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=A/20240101/larder/s3/aws4_request, SignedHeaders=host;range;x-amz-date, Signature=00"
+                .parse()
+                .unwrap(),
+        );
+        ignore_unusable_range(&mut h);
+        assert!(h.contains_key(hyper::header::RANGE));
+    }
 
     #[test]
     fn s3_hosts() {
