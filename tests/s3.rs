@@ -1611,6 +1611,15 @@ fn s3_host_name_on_the_main_listener_and_virtual_hosted_style() {
         .stdout_lines()
         .iter()
         .any(|l| l.contains("S3 listening")));
+    // s3_listen in the config file starts the S3 listener.
+    let conf2 = conf_dir.path().join("listen.toml");
+    std::fs::write(&conf2, "s3_listen = \"127.0.0.1:0\"\n").unwrap();
+    let server =
+        Server::start_with_extra(Launch::Flags, &["--config", conf2.to_str().unwrap()], &[]);
+    let endpoint = crate::support::s3::s3_endpoint(&server);
+    let r = http::get(&format!("{endpoint}/"), Auth::None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("AccessDenied"), "{}", r.text());
 }
 
 #[test]
