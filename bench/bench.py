@@ -1218,7 +1218,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller corpus, fewer repetitions (~5 min)")
     ap.add_argument("--profile", action="store_true", help="also record perf profiles of larder")
     ap.add_argument("--larder", default=os.path.join(REPO, "target", "release", "larder"))
-    ap.add_argument("--work", default=os.path.join(BENCH, ".work"))
+    ap.add_argument("--work", default=os.path.join(BENCH, ".work", "run"))
     ap.add_argument("--keep", action="store_true", help="keep the corpus and client store afterwards")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",

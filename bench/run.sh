@@ -11,7 +11,7 @@
 #   bash bench/run.sh --rev=HEAD # build that commit (git archive, own target dir)
 #                                # instead of the working tree
 #
-# Results: bench/.work/results/<timestamp>/ (results.json, summary.txt, raw
+# Results: bench/.work/run/results/<timestamp>/ (results.json, summary.txt, raw
 # hyperfine/wrk output, server logs). See docs/benchmarks.md.
 set -euo pipefail
 
