@@ -264,10 +264,25 @@ builtins.derivation {{
         paths: &[&str],
         netrc: Option<&Path>,
     ) -> Running {
+        self.spawn_copy_to_with(from, to_url, paths, netrc, &[])
+    }
+
+    /// [`Nix::spawn_copy_to`] with extra `--option NAME VALUE` pairs.
+    pub fn spawn_copy_to_with(
+        &self,
+        from: &Path,
+        to_url: &str,
+        paths: &[&str],
+        netrc: Option<&Path>,
+        options: &[(&str, &str)],
+    ) -> Running {
         let mut cmd = self.cmd("nix");
         cmd.args(["copy", "--from", s(from), "--to", to_url])
-            .args(Self::netrc_args(netrc))
-            .args(paths);
+            .args(Self::netrc_args(netrc));
+        for (name, value) in options {
+            cmd.args(["--option", name, value]);
+        }
+        cmd.args(paths);
         process::spawn(&mut cmd)
     }
 
