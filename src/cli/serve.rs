@@ -163,14 +163,23 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let revocations = larder.clone();
         tokio::spawn(async move {
-            // Revocations written by another process (the CLI) take effect here
-            // within this period.
+            // Revocations and cache changes written by another process (the CLI)
+            // take effect here within this period.
             let mut tick = tokio::time::interval(REVOCATION_REFRESH_EVERY);
             loop {
                 tick.tick().await;
                 let l = revocations.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || l.refresh_revoked()).await {
-                    tracing::warn!(error = %e, "refreshing revoked tokens failed");
+                let polled = tokio::task::spawn_blocking(move || {
+                    (l.refresh_revoked(), l.meta.poll_external_changes())
+                })
+                .await;
+                if let Ok((revoked, changes)) = polled {
+                    if let Err(e) = revoked {
+                        tracing::warn!(error = %e, "refreshing revoked tokens failed");
+                    }
+                    if let Err(e) = changes {
+                        tracing::warn!(error = %e, "checking for metadata changes failed");
+                    }
                 }
             }
         });

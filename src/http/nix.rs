@@ -127,8 +127,14 @@ async fn dispatch(
             Ok(axum::Json(cfg).into_response())
         }
         (Endpoint::NarInfo(hash), true, _) => {
-            let hash = hash.clone();
-            let t = blocking(&larder, move |l| l.get_narinfo(&who, &cache, &hash)).await?;
+            // Most lookups are answered from memory, right here on the worker.
+            let t = match larder.get_narinfo_remembered(&who, &cache, hash) {
+                Some(answer) => answer?,
+                None => {
+                    let hash = hash.clone();
+                    blocking(&larder, move |l| l.get_narinfo(&who, &cache, &hash)).await?
+                }
+            };
             Ok(text("text/x-nix-narinfo", t, head))
         }
         (Endpoint::NarInfo(hash), _, true) => {
@@ -245,7 +251,7 @@ async fn get_nar(
     };
     let len = nar.end - nar.start;
     let body = match nar.body {
-        Some(rx) => Body::from_stream(tokio_stream_from(rx)),
+        Some(stream) => Body::from_stream(stream),
         None => Body::empty(),
     };
     let mut resp = Response::new(body);
@@ -274,10 +280,4 @@ async fn get_nar(
         }
     }
     Ok(resp)
-}
-
-fn tokio_stream_from(
-    mut rx: crate::service::NarBody,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

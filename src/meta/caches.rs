@@ -1,5 +1,7 @@
 //! The `caches` table.
 
+use std::sync::Arc;
+
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{now, Meta, MetaError};
@@ -58,13 +60,29 @@ fn finish(pair: (CacheRow, String)) -> Result<CacheRow, MetaError> {
 }
 
 impl Meta {
-    pub fn cache_by_name(&self, name: &str) -> Result<Option<CacheRow>, MetaError> {
+    /// A cache by name when memory holds it; `None` means "ask `cache_by_name`".
+    pub fn cache_remembered(&self, name: &str) -> Option<Arc<CacheRow>> {
+        self.memo.cache(name)
+    }
+
+    /// A cache by name, from memory when it was read before (see `memo.rs`).
+    pub fn cache_by_name(&self, name: &str) -> Result<Option<Arc<CacheRow>>, MetaError> {
+        if let Some(row) = self.memo.cache(name) {
+            return Ok(Some(row));
+        }
+        let at = self.memo.generation();
         let c = self.conn()?;
         let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM caches WHERE name = ?1"))?;
-        st.query_row([name], from_row)
+        let row = st
+            .query_row([name], from_row)
             .optional()?
             .map(finish)
-            .transpose()
+            .transpose()?
+            .map(Arc::new);
+        if let Some(r) = &row {
+            self.memo.put_cache(at, r.clone());
+        }
+        Ok(row)
     }
 
     pub fn list_caches(&self) -> Result<Vec<CacheRow>, MetaError> {
@@ -94,6 +112,7 @@ impl Meta {
                 now()
             ],
         )?;
+        self.memo.invalidate();
         Ok(n == 1)
     }
 
@@ -116,6 +135,7 @@ impl Meta {
                 row.retention_period
             ],
         )?;
+        self.memo.invalidate();
         Ok(())
     }
 
@@ -123,6 +143,8 @@ impl Meta {
     /// when there was no such cache.
     pub fn destroy_cache(&self, name: &str) -> Result<bool, MetaError> {
         let c = self.conn()?;
-        Ok(c.execute("DELETE FROM caches WHERE name = ?1", [name])? == 1)
+        let n = c.execute("DELETE FROM caches WHERE name = ?1", [name])?;
+        self.memo.invalidate();
+        Ok(n == 1)
     }
 }

@@ -9,6 +9,7 @@
 
 mod caches;
 mod error;
+mod memo;
 mod objects;
 mod s3;
 mod schema;
@@ -40,6 +41,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Meta {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
+    memo: memo::Memo,
+    /// A connection of its own for [`Meta::poll_external_changes`], with the last
+    /// `data_version` it saw.
+    watch: Mutex<Option<(Connection, i64)>>,
 }
 
 /// A pooled connection, returned to the pool on drop.
@@ -94,7 +99,30 @@ impl Meta {
         Ok(Self {
             path,
             pool: Mutex::new(vec![c]),
+            memo: memo::Memo::default(),
+            watch: Mutex::new(None),
         })
+    }
+
+    /// Forget what memory holds when another connection (another process, such as
+    /// the `larder` CLI, or this one) has committed since the last call. The server
+    /// calls this every 250 ms.
+    pub fn poll_external_changes(&self) -> Result<(), MetaError> {
+        let mut watch = self
+            .watch
+            .lock()
+            .map_err(|_| MetaError::Damaged("data_version watch lock poisoned".into()))?;
+        if watch.is_none() {
+            *watch = Some((open_conn(&self.path)?, -1));
+        }
+        if let Some((conn, seen)) = watch.as_mut() {
+            let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            if v != *seen {
+                *seen = v;
+                self.memo.invalidate();
+            }
+        }
+        Ok(())
     }
 
     /// A connection from the pool (or a new one).

@@ -4,6 +4,8 @@
 //! (unique on NarHash). An object row makes a path visible in one cache; it is
 //! only ever written together with the NAR row it names, in one transaction.
 
+use bytes::Bytes;
+
 use rusqlite::{params, OptionalExtension};
 
 use super::{now, Meta, MetaError};
@@ -241,19 +243,33 @@ impl Meta {
             )?;
         }
         tx.commit()?;
+        self.memo.invalidate();
         Ok(nar_id)
     }
 
     /// The served narinfo of a path, unless its NAR is known to be damaged.
-    pub fn narinfo(&self, cache_id: i64, path_hash: &str) -> Result<Option<String>, MetaError> {
+    pub fn narinfo(&self, cache_id: i64, path_hash: &str) -> Result<Option<Bytes>, MetaError> {
+        if let Some(known) = self.memo.narinfo(cache_id, path_hash) {
+            return Ok(known);
+        }
+        let at = self.memo.generation();
         let c = self.conn()?;
         let mut st = c.prepare_cached(
             "SELECT o.narinfo FROM objects o JOIN nars n ON n.id = o.nar_id \
              WHERE o.cache_id = ?1 AND o.path_hash = ?2 AND n.damaged = 0",
         )?;
-        Ok(st
-            .query_row(params![cache_id, path_hash], |r| r.get(0))
-            .optional()?)
+        let text: Option<Bytes> = st
+            .query_row(params![cache_id, path_hash], |r| r.get::<_, String>(0))
+            .optional()?
+            .map(Bytes::from);
+        self.memo.put_narinfo(at, cache_id, path_hash, text.clone());
+        Ok(text)
+    }
+
+    /// The served narinfo of a path when memory knows the answer (see `memo.rs`):
+    /// `None` means "ask [`Meta::narinfo`]".
+    pub fn narinfo_remembered(&self, cache_id: i64, path_hash: &str) -> Option<Option<Bytes>> {
+        self.memo.narinfo(cache_id, path_hash)
     }
 
     /// Which of these path hashes the cache does not hold (or holds damaged).
@@ -277,6 +293,7 @@ impl Meta {
         for id in nar_ids {
             c.execute("UPDATE nars SET damaged = 1 WHERE id = ?1", [id])?;
         }
+        self.memo.invalidate();
         Ok(())
     }
 

@@ -208,7 +208,7 @@ impl Larder {
                 "empty configure request: nothing to change".into(),
             ));
         }
-        let mut row = self.authorize(caller, name, Permission::ConfigureCache)?;
+        let mut row = (*self.authorize(caller, name, Permission::ConfigureCache)?).clone();
         if let Some(rp) = patch.retention_period {
             if rp.to_row() != row.retention_period {
                 self.authorize(caller, name, Permission::ConfigureCacheRetention)?;

@@ -124,9 +124,19 @@ impl Larder {
         caller: &Caller,
         name: &str,
         perm: Permission,
-    ) -> Result<CacheRow, ServiceError> {
+    ) -> Result<Arc<CacheRow>, ServiceError> {
         validate_cache_name(name)?;
         let row = self.meta.cache_by_name(name)?;
+        Self::authorize_row(caller, name, perm, row)
+    }
+
+    /// [`Larder::authorize`] once the cache row (or its absence) is known.
+    fn authorize_row(
+        caller: &Caller,
+        name: &str,
+        perm: Permission,
+        row: Option<Arc<CacheRow>>,
+    ) -> Result<Arc<CacheRow>, ServiceError> {
         let public_pull = perm == Permission::Pull && row.as_ref().is_some_and(|r| r.is_public);
         if public_pull || caller.can(name, perm) {
             return row.ok_or_else(|| ServiceError::NoSuchCache(name.to_owned()));

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 use super::{Larder, ServiceError};
 use crate::auth::{Caller, Permission};
@@ -63,7 +64,7 @@ impl ByteRange {
 }
 
 /// A NAR body: frames as they are read, or an error that aborts the response.
-pub type NarBody = tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>;
+pub type NarBody = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
 
 /// What a NAR request answers.
 pub struct NarResponse {
@@ -95,21 +96,28 @@ fn parse_served_nar_name(name: &str) -> Option<[u8; 32]> {
     base32::decode(h).ok()?.try_into().ok()
 }
 
-/// Frames per read: contiguous spans up to [`READ_SPAN_BYTES`].
-fn groups(spans: &[FrameSpan]) -> Vec<std::ops::Range<usize>> {
+fn narinfo_not_found(cache: &str, path_hash: &str) -> ServiceError {
+    ServiceError::NotFound(format!("{path_hash}.narinfo is not in cache {cache}"))
+}
+
+/// Frames per read: contiguous runs up to [`READ_SPAN_BYTES`], each with the byte
+/// offset at which it begins in the served file (the first at `at0`).
+fn groups(spans: &[FrameSpan], at0: u64) -> Vec<(std::ops::Range<usize>, u64)> {
     let mut out = Vec::new();
     let mut start = 0;
+    let mut offset = at0;
     let mut bytes = 0u64;
     for (i, s) in spans.iter().enumerate() {
         if i > start && bytes + u64::from(s.chunk.frame_len) > READ_SPAN_BYTES {
-            out.push(start..i);
+            out.push((start..i, offset));
             start = i;
+            offset += bytes;
             bytes = 0;
         }
         bytes += u64::from(s.chunk.frame_len);
     }
     if start < spans.len() {
-        out.push(start..spans.len());
+        out.push((start..spans.len(), offset));
     }
     out
 }
@@ -130,11 +138,28 @@ impl Larder {
         caller: &Caller,
         cache: &str,
         path_hash: &str,
-    ) -> Result<String, ServiceError> {
+    ) -> Result<Bytes, ServiceError> {
         let row = self.authorize(caller, cache, Permission::Pull)?;
-        self.meta.narinfo(row.id, path_hash)?.ok_or_else(|| {
-            ServiceError::NotFound(format!("{path_hash}.narinfo is not in cache {cache}"))
-        })
+        self.meta
+            .narinfo(row.id, path_hash)?
+            .ok_or_else(|| narinfo_not_found(cache, path_hash))
+    }
+
+    /// [`Larder::get_narinfo`] answered from memory alone, without blocking: `None`
+    /// when memory does not know the cache or the path (then call `get_narinfo`).
+    pub fn get_narinfo_remembered(
+        &self,
+        caller: &Caller,
+        cache: &str,
+        path_hash: &str,
+    ) -> Option<Result<Bytes, ServiceError>> {
+        let row = self.meta.cache_remembered(cache)?;
+        let row = match Self::authorize_row(caller, cache, Permission::Pull, Some(row)) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let known = self.meta.narinfo_remembered(row.id, path_hash)?;
+        Some(known.ok_or_else(|| narinfo_not_found(cache, path_hash)))
     }
 
     /// `HEAD <cache>/nar/<file>`: known when staged, stored under that uploaded
@@ -159,7 +184,7 @@ impl Larder {
     }
 
     /// `GET`/`HEAD <cache>/nar/<hash>.nar.zst`, optionally one range. Call from a
-    /// blocking thread; the body is produced by a thread of its own.
+    /// blocking thread inside the runtime; the body reads on the blocking pool.
     pub fn get_nar(
         self: &Arc<Self>,
         caller: &Caller,
@@ -204,67 +229,81 @@ impl Larder {
                 body: None,
             });
         }
-        // Pick the frames that overlap start..end and how much to trim.
+        // Pick the frames that overlap start..end; `at0` is where the first begins.
         let mut spans = Vec::new();
         let mut at = 0u64;
-        let mut skip_front = 0u64;
+        let mut at0 = 0u64;
         for s in resolved.spans {
             let len = u64::from(s.chunk.frame_len);
             if at + len > start && at < end {
                 if spans.is_empty() {
-                    skip_front = start - at;
+                    at0 = at;
                 }
                 spans.push(s);
             }
             at += len;
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        // Read span by span on the blocking pool, one span ahead of the client.
+        // Each read answers with all its frames at once, trimmed to start..end.
+        let reads = groups(&spans, at0);
+        let spans = Arc::new(spans);
+        let manifest = Arc::new(manifest);
         let me = self.clone();
         let nar_id = nar.id;
-        std::thread::Builder::new()
-            .name("nar-reader".into())
-            .spawn(move || {
-                let mut remaining = end - start;
-                let mut skip = skip_front;
-                for g in groups(&spans) {
-                    let frames = match me.store().and_then(|st| Ok(st.read_frames(&spans[g])?)) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            let err = match e {
-                                ServiceError::Store(se) => me.damaged(nar_id, manifest, se),
-                                other => other,
-                            };
-                            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
-                            return;
-                        }
-                    };
-                    for mut f in frames {
-                        if skip > 0 {
-                            let cut = (skip as usize).min(f.len());
-                            let _ = f.split_to(cut);
-                            skip -= cut as u64;
-                        }
-                        if f.len() as u64 > remaining {
-                            f.truncate(remaining as usize);
-                        }
-                        remaining -= f.len() as u64;
-                        if !f.is_empty() && tx.blocking_send(Ok(f)).is_err() {
-                            return; // the client went away
-                        }
-                        if remaining == 0 {
-                            return;
-                        }
+        let body = futures::stream::iter(reads)
+            .map(move |(g, offset)| {
+                let (me, spans, manifest) = (me.clone(), spans.clone(), manifest.clone());
+                async move {
+                    let read = tokio::task::spawn_blocking(move || {
+                        me.read_span(&spans[g], offset, start..end, nar_id, &manifest)
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(frames)) => Ok(futures::stream::iter(frames.into_iter().map(Ok))),
+                        Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                        Err(e) => Err(std::io::Error::other(format!("NAR read failed: {e}"))),
                     }
                 }
             })
-            .map_err(|e| ServiceError::Internal(format!("starting NAR reader: {e}")))?;
+            .buffered(2)
+            .try_flatten()
+            .boxed();
         Ok(NarResponse {
             total_len,
             start,
             end,
             partial,
-            body: Some(rx),
+            body: Some(body),
         })
+    }
+
+    /// Read the frames of `spans`, which begin at byte `offset` of the served file,
+    /// keeping only what lies in `want`.
+    fn read_span(
+        self: &Arc<Self>,
+        spans: &[FrameSpan],
+        offset: u64,
+        want: std::ops::Range<u64>,
+        nar_id: i64,
+        manifest: &Manifest,
+    ) -> Result<Vec<Bytes>, ServiceError> {
+        let frames = match self.store()?.read_frames(spans) {
+            Ok(f) => f,
+            Err(e) => return Err(self.damaged(nar_id, manifest.clone(), e)),
+        };
+        let mut out = Vec::with_capacity(frames.len());
+        let mut at = offset;
+        for f in frames {
+            let len = f.len() as u64;
+            let from = want.start.saturating_sub(at).min(len);
+            let to = want.end.saturating_sub(at).min(len);
+            at += len;
+            if to > from {
+                // Both fit in usize: they are at most the frame's length.
+                out.push(f.slice(from as usize..to as usize));
+            }
+        }
+        Ok(out)
     }
 
     /// A chunk of a NAR is missing or corrupt: hide the NAR's paths (so clients

@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -263,17 +262,26 @@ impl Backend for PackBackend {
                 .map_err(|_| StoreError::Missing(items[i].0))?;
             let len = usize::try_from(end - first.offset)
                 .map_err(|_| StoreError::Index("span too large".into()))?;
-            let mut buf = vec![0u8; len];
-            if let Err(e) = file.read_exact_at(&mut buf, first.offset) {
-                return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    StoreError::Corrupt {
-                        id: items[i].0,
-                        reason: "pack is shorter than the index says".into(),
+            // Read into uninitialised capacity: zeroing 1 MiB per read first cost
+            // a tenth of the CPU of serving a NAR.
+            let mut buf = Vec::with_capacity(len);
+            while buf.len() < len {
+                let at = first.offset + buf.len() as u64;
+                match rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), at) {
+                    Ok(0) => {
+                        return Err(StoreError::Corrupt {
+                            id: items[i].0,
+                            reason: "pack is shorter than the index says".into(),
+                        })
                     }
-                } else {
-                    StoreError::io(&self.path(first.segment), e)
-                });
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => {
+                        return Err(StoreError::io(&self.path(first.segment), e.into()));
+                    }
+                }
             }
+            buf.truncate(len);
             let buf = Bytes::from(buf);
             let mut at = 0usize;
             for (id, loc) in &items[i..j] {

@@ -1,5 +1,7 @@
 //! Reading manifests back: resolve every chunk first, then stream frames.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 
 use super::backend::Location;
@@ -55,7 +57,8 @@ impl ChunkStore {
         let ids: Vec<_> = manifest.chunks.iter().map(|c| c.id).collect();
         let locs = self.index.get_many(&ids)?;
         let mut spans = Vec::with_capacity(locs.len());
-        let mut last_checked: Option<(u32, u64)> = None;
+        // The record that reaches furthest into each segment: one check per segment.
+        let mut furthest: HashMap<u32, FrameSpan> = HashMap::new();
         for (chunk, loc) in manifest.chunks.iter().zip(locs) {
             let loc = loc.ok_or(StoreError::Missing(chunk.id))?;
             if loc.frame_len != chunk.frame_len || loc.raw_len != chunk.raw_len {
@@ -64,16 +67,20 @@ impl ChunkStore {
                     reason: "index and manifest disagree on its length".into(),
                 });
             }
-            // One length check per segment, against the furthest record in it.
-            let end = loc.offset + u64::from(loc.frame_len);
-            match last_checked {
-                Some((seg, upto)) if seg == loc.segment && upto >= end => {}
-                _ => {
-                    self.backend.check(&chunk.id, &loc)?;
-                    last_checked = Some((loc.segment, end));
-                }
-            }
-            spans.push(FrameSpan { chunk: *chunk, loc });
+            let span = FrameSpan { chunk: *chunk, loc };
+            let end = |s: &FrameSpan| s.loc.offset + u64::from(s.loc.frame_len);
+            furthest
+                .entry(loc.segment)
+                .and_modify(|f| {
+                    if end(&span) > end(f) {
+                        *f = span;
+                    }
+                })
+                .or_insert(span);
+            spans.push(span);
+        }
+        for f in furthest.values() {
+            self.backend.check(&f.chunk.id, &f.loc)?;
         }
         Ok(ResolvedNar { spans })
     }
