@@ -8,6 +8,7 @@ mod attic;
 mod caches;
 mod decode;
 mod error;
+mod readers;
 mod serve;
 mod side;
 mod tokens;
@@ -30,6 +31,10 @@ use crate::config::Config;
 use crate::meta::{CacheRow, Meta};
 use crate::store::ChunkStore;
 
+/// Threads reading NAR frames for downloads: enough to overlap a few reads that
+/// miss the page cache, few enough to keep read buffers in few malloc arenas.
+const READER_THREADS: usize = 4;
+
 /// The running cache server's state, shared by every request.
 pub struct Larder {
     pub config: Config,
@@ -38,6 +43,8 @@ pub struct Larder {
     pub meta: Meta,
     /// `None` when opened for metadata only (the CLI beside a running server).
     store: Option<ChunkStore>,
+    /// The threads that read NAR frames for downloads.
+    readers: readers::Readers,
     /// Checks presented tokens (the admin token and scoped tokens) and mints new ones.
     pub tokens: Arc<TokenAuthority>,
 }
@@ -82,11 +89,14 @@ impl Larder {
             TokenAuthority::open(&config.data_dir, admin_token)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
         );
+        let readers = readers::Readers::start(READER_THREADS)
+            .map_err(|e| ServiceError::Internal(format!("starting NAR readers: {e}")))?;
         let larder = Self {
             config,
             base_url,
             meta,
             store,
+            readers,
             tokens,
         };
         larder.refresh_revoked()?;
@@ -101,11 +111,14 @@ impl Larder {
             TokenAuthority::open(&config.data_dir, None)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
         );
+        let readers = readers::Readers::start(1)
+            .map_err(|e| ServiceError::Internal(format!("starting NAR readers: {e}")))?;
         Ok(Self {
             config,
             base_url,
             meta,
             store: None,
+            readers,
             tokens,
         })
     }

@@ -184,7 +184,7 @@ impl Larder {
     }
 
     /// `GET`/`HEAD <cache>/nar/<hash>.nar.zst`, optionally one range. Call from a
-    /// blocking thread inside the runtime; the body reads on the blocking pool.
+    /// blocking thread; the body reads on the reader threads (`readers.rs`).
     pub fn get_nar(
         self: &Arc<Self>,
         caller: &Caller,
@@ -243,7 +243,7 @@ impl Larder {
             }
             at += len;
         }
-        // Read span by span on the blocking pool, one span ahead of the client.
+        // Read span by span on the reader threads, one span ahead of the client.
         // Each read answers with all its frames at once, trimmed to start..end.
         let reads = groups(&spans, at0);
         let spans = Arc::new(spans);
@@ -254,10 +254,13 @@ impl Larder {
             .map(move |(g, offset)| {
                 let (me, spans, manifest) = (me.clone(), spans.clone(), manifest.clone());
                 async move {
-                    let read = tokio::task::spawn_blocking(move || {
-                        me.read_span(&spans[g], offset, start..end, nar_id, &manifest)
-                    })
-                    .await;
+                    let read = me
+                        .readers
+                        .run({
+                            let me = me.clone();
+                            move || me.read_span(&spans[g], offset, start..end, nar_id, &manifest)
+                        })
+                        .await;
                     match read {
                         Ok(Ok(frames)) => Ok(futures::stream::iter(frames.into_iter().map(Ok))),
                         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),

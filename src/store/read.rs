@@ -47,7 +47,7 @@ pub fn raw_position(spans: &[FrameSpan], offset: u64) -> (usize, u64) {
 
 /// Read at most this many frame bytes per backend call while streaming: large
 /// sequential reads, but bounded memory per download.
-pub const READ_SPAN_BYTES: u64 = 1 << 20;
+pub const READ_SPAN_BYTES: u64 = 256 << 10;
 
 impl ChunkStore {
     /// Look up every chunk of `manifest` and check that its bytes exist. Fails
