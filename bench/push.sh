@@ -31,20 +31,9 @@ for a in "$@"; do
     esac
 done
 
-packages=(nix-bin wrk curl python3)
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    sudo_cmd=()
-    [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo_cmd[@]}" apt-get update -q
-    "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+ensure_packages nix-bin wrk curl python3
 
 if [ "$build" = 1 ]; then
     cargo build --release --locked --bin larder --example token_cost

@@ -33,23 +33,9 @@ if [[ " ${args[*]-} " == *" --profile "* ]]; then
     packages+=(linux-perf)
 fi
 
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-    sudo_cmd=(sudo)
-fi
-
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo_cmd[@]}" apt-get update -q
-    "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+ensure_packages "${packages[@]}"
 # Installing nginx may start the packaged service; the benchmark runs its own.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     "${sudo_cmd[@]}" systemctl stop nginx 2>/dev/null || true

@@ -31,23 +31,9 @@ for a in "$@"; do
     esac
 done
 
-packages=(wrk nix-bin curl openssl python3 nginx-light)
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-    sudo_cmd=(sudo)
-fi
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing: ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo_cmd[@]}" apt-get update -q
-    "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+ensure_packages wrk nix-bin curl openssl python3 nginx-light
 
 larder=${LARDER:-$PWD/target/release/larder}
 if [ "$build" = 1 ] && [ -z "${LARDER:-}" ]; then

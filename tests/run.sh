@@ -86,7 +86,7 @@ if [ "${1:-}" = "--" ]; then
 fi
 
 echo "== shellcheck"
-shellcheck tests/run.sh .ci/run appliance/install.sh
+shellcheck -x tests/run.sh .ci/run appliance/install.sh bench/*.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
