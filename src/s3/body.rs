@@ -67,17 +67,37 @@ pub struct BodyDigest {
 /// for large bodies, on a thread of their own so that hashing overlaps chunking.
 enum Hashing {
     /// Boxed: the hasher states are large, and most bodies take the other arm.
-    Inline(Box<InlineHashers>),
+    Inline(Box<Hashers>),
     Thread {
         tx: Option<crossbeam_channel::Sender<Bytes>>,
         handle: std::thread::JoinHandle<Digests>,
     },
 }
 
-/// MD5 and the requested checksum, hashed where the body is read.
-struct InlineHashers {
+/// MD5 and the requested checksum of one body.
+struct Hashers {
     md5: Md5,
     sum: Option<(ChecksumAlgo, ChecksumHasher)>,
+}
+
+impl Hashers {
+    fn new(checksum: Option<ChecksumAlgo>) -> Self {
+        Hashers {
+            md5: Md5::new(),
+            sum: checksum.map(|a| (a, a.hasher())),
+        }
+    }
+
+    fn update(&mut self, piece: &[u8]) {
+        self.md5.update(piece);
+        if let Some((_, h)) = &mut self.sum {
+            h.update(piece);
+        }
+    }
+
+    fn finish(self) -> Digests {
+        (self.md5.finish(), self.sum.map(|(a, h)| (a, h.finish())))
+    }
 }
 
 /// A body's MD5 and its requested checksum (base64), when finished.
@@ -99,15 +119,11 @@ impl Hashing {
             std::thread::Builder::new()
                 .name("s3-hash".into())
                 .spawn(move || {
-                    let mut md5 = Md5::new();
-                    let mut sum = checksum.map(|a| (a, a.hasher()));
+                    let mut hashers = Hashers::new(checksum);
                     for piece in rx {
-                        md5.update(&piece);
-                        if let Some((_, h)) = &mut sum {
-                            h.update(&piece);
-                        }
+                        hashers.update(&piece);
                     }
-                    (md5.finish(), sum.map(|(a, h)| (a, h.finish())))
+                    hashers.finish()
                 })
                 .ok()
                 .map(|handle| Hashing::Thread {
@@ -115,22 +131,12 @@ impl Hashing {
                     handle,
                 })
         };
-        spawned.unwrap_or_else(|| {
-            Hashing::Inline(Box::new(InlineHashers {
-                md5: Md5::new(),
-                sum: checksum.map(|a| (a, a.hasher())),
-            }))
-        })
+        spawned.unwrap_or_else(|| Hashing::Inline(Box::new(Hashers::new(checksum))))
     }
 
     fn update(&mut self, piece: &Bytes) {
         match self {
-            Hashing::Inline(h) => {
-                h.md5.update(piece);
-                if let Some((_, sum)) = &mut h.sum {
-                    sum.update(piece);
-                }
-            }
+            Hashing::Inline(h) => h.update(piece),
             Hashing::Thread { tx, .. } => {
                 if let Some(t) = tx {
                     // A clone of `Bytes` shares the buffer: no copy.
@@ -142,10 +148,7 @@ impl Hashing {
 
     fn finish(self) -> S3ApiResult<Digests> {
         match self {
-            Hashing::Inline(h) => {
-                let h = *h;
-                Ok((h.md5.finish(), h.sum.map(|(a, s)| (a, s.finish()))))
-            }
+            Hashing::Inline(h) => Ok(h.finish()),
             Hashing::Thread { tx, handle } => {
                 drop(tx);
                 handle

@@ -43,8 +43,8 @@ pub struct Larder {
     pub meta: Meta,
     /// `None` when opened for metadata only (the CLI beside a running server).
     store: Option<ChunkStore>,
-    /// The threads that read NAR frames for downloads.
-    readers: readers::Readers,
+    /// The threads that read NAR frames for downloads; `None` with the store.
+    readers: Option<Arc<readers::Readers>>,
     /// Checks presented tokens (the admin token and scoped tokens) and mints new ones.
     pub tokens: Arc<TokenAuthority>,
 }
@@ -96,7 +96,7 @@ impl Larder {
             base_url,
             meta,
             store,
-            readers,
+            readers: Some(Arc::new(readers)),
             tokens,
         };
         larder.refresh_revoked()?;
@@ -111,14 +111,12 @@ impl Larder {
             TokenAuthority::open(&config.data_dir, None)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
         );
-        let readers = readers::Readers::start(1)
-            .map_err(|e| ServiceError::Internal(format!("starting NAR readers: {e}")))?;
         Ok(Self {
             config,
             base_url,
             meta,
             store: None,
-            readers,
+            readers: None,
             tokens,
         })
     }
@@ -126,6 +124,13 @@ impl Larder {
     /// The chunk store, when open.
     pub fn store(&self) -> Result<&ChunkStore, ServiceError> {
         self.store
+            .as_ref()
+            .ok_or_else(|| ServiceError::Internal("the chunk store is not open".into()))
+    }
+
+    /// The NAR reader threads, when the store is open.
+    fn readers(&self) -> Result<&Arc<readers::Readers>, ServiceError> {
+        self.readers
             .as_ref()
             .ok_or_else(|| ServiceError::Internal("the chunk store is not open".into()))
     }

@@ -249,19 +249,15 @@ impl Larder {
         let spans = Arc::new(spans);
         let manifest = Arc::new(manifest);
         let me = self.clone();
+        let readers = self.readers()?.clone();
         let nar_id = nar.id;
         let body = futures::stream::iter(reads)
             .map(move |(g, offset)| {
                 let (me, spans, manifest) = (me.clone(), spans.clone(), manifest.clone());
+                let answer = readers
+                    .run(move || me.read_span(&spans[g], offset, start..end, nar_id, &manifest));
                 async move {
-                    let read = me
-                        .readers
-                        .run({
-                            let me = me.clone();
-                            move || me.read_span(&spans[g], offset, start..end, nar_id, &manifest)
-                        })
-                        .await;
-                    match read {
+                    match answer.await {
                         Ok(Ok(frames)) => Ok(futures::stream::iter(frames.into_iter().map(Ok))),
                         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
                         Err(e) => Err(std::io::Error::other(format!("NAR read failed: {e}"))),
