@@ -59,6 +59,8 @@ pub struct FileConfig {
     pub s3_keys: Vec<crate::bootstrap::declared::S3KeyDecl>,
     #[serde(default)]
     pub s3_buckets: Vec<crate::bootstrap::declared::S3BucketDecl>,
+    /// The storage lifecycle (`[gc]`): see `crate::service::gc::settings`.
+    pub gc: Option<crate::service::gc::GcFileConfig>,
 }
 
 /// The S3 region when the config names none.
@@ -163,6 +165,8 @@ pub struct Config {
     pub admin_token_file: Option<crate::bootstrap::SecretFile>,
     /// `[[caches]]`, `[[tokens]]`, `[[s3_keys]]`, `[[s3_buckets]]`.
     pub declared: crate::bootstrap::Declared,
+    /// `[gc]`: retention default, size budget, schedule, compaction.
+    pub gc: crate::service::gc::GcSettings,
 }
 
 impl FileConfig {
@@ -199,6 +203,7 @@ impl Config {
         listen: Option<String>,
     ) -> Result<Self, ConfigError> {
         let s3 = S3Config::resolve(&file, None)?;
+        let gc = crate::service::gc::GcSettings::resolve(file.gc.clone())?;
         let listen_s = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -271,6 +276,7 @@ impl Config {
             s3,
             admin_token_file,
             declared,
+            gc,
         })
     }
 

@@ -30,6 +30,9 @@ impl ApiError {
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             ServiceError::CacheAlreadyExists(_) => (StatusCode::BAD_REQUEST, "CacheAlreadyExists"),
             ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            ServiceError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage")
+            }
             ServiceError::RangeNotSatisfiable(_) => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable")
             }

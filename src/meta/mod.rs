@@ -9,6 +9,7 @@
 
 mod caches;
 mod error;
+mod gc;
 mod memo;
 mod objects;
 mod s3;
@@ -18,6 +19,7 @@ mod tokens;
 
 pub use caches::{CacheRow, NewCache};
 pub use error::MetaError;
+pub use gc::{AccessKey, CacheLifecycle, GcSnapshot, ObjectRef, PinRow};
 pub use objects::{NarRow, ObjectRow, StagedNar};
 pub use s3::{
     BucketDelete, BucketRow, KeyInsert, KeyWindow, NewObject, ObjectSummary, PartRow, S3Grant,
@@ -152,10 +154,22 @@ fn restrict_permissions(db: &Path) {
     }
 }
 
-/// Seconds since the Unix epoch.
+/// Seconds since the Unix epoch, as larder's clock reads them: the system clock,
+/// plus the seconds in the file `LARDER_TEST_CLOCK_OFFSET_FILE` names when that is
+/// set. Tests move time forward that way (retention) instead of sleeping.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
+    let system = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    system.saturating_add(test_clock_offset())
+}
+
+fn test_clock_offset() -> i64 {
+    static FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| std::env::var_os("LARDER_TEST_CLOCK_OFFSET_FILE").map(PathBuf::from))
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse::<i64>().ok())
         .unwrap_or(0)
 }

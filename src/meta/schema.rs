@@ -131,6 +131,27 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (upload_id, part_number)
     ) WITHOUT ROWID;
     "#,
+    // 4: the storage lifecycle (docs/design/gc.md): when each path was last
+    // fetched, pins, per-cache quotas, and the record of GC passes.
+    r#"
+    ALTER TABLE objects ADD COLUMN last_access INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE pins (
+        cache_id INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        path_hash TEXT NOT NULL,
+        store_path TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (cache_id, path_hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE cache_quotas (
+        cache_id INTEGER PRIMARY KEY REFERENCES caches(id) ON DELETE CASCADE,
+        quota_bytes INTEGER NOT NULL
+    );
+    CREATE TABLE gc_runs (
+        id INTEGER PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the schema up to date, one transaction per migration.

@@ -21,6 +21,9 @@ pub enum ServiceError {
     CacheAlreadyExists(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The store (or a cache's quota) cannot hold this, even after eviction.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The request body has a content type this route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -49,7 +52,8 @@ impl ServiceError {
     pub fn is_client_fault(&self) -> bool {
         !matches!(
             self,
-            ServiceError::Damaged(_)
+            ServiceError::InsufficientStorage(_)
+                | ServiceError::Damaged(_)
                 | ServiceError::Meta(_)
                 | ServiceError::Store(_)
                 | ServiceError::Internal(_)

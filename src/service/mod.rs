@@ -8,6 +8,7 @@ mod attic;
 mod caches;
 mod decode;
 mod error;
+pub mod gc;
 mod readers;
 mod serve;
 mod side;
@@ -47,6 +48,12 @@ pub struct Larder {
     readers: Option<Arc<readers::Readers>>,
     /// Checks presented tokens (the admin token and scoped tokens) and mints new ones.
     pub tokens: Arc<TokenAuthority>,
+    /// Fetches noted for access times, written in batches.
+    access: gc::AccessLog,
+    /// One GC pass at a time.
+    gc_lock: std::sync::Mutex<()>,
+    /// Wakes the server's lifecycle task for a pass now (a push went over budget).
+    gc_wake: tokio::sync::Notify,
 }
 
 /// Totals for `larder stats`.
@@ -98,6 +105,9 @@ impl Larder {
             store,
             readers: Some(Arc::new(readers)),
             tokens,
+            access: gc::AccessLog::default(),
+            gc_lock: std::sync::Mutex::new(()),
+            gc_wake: tokio::sync::Notify::new(),
         };
         larder.refresh_revoked()?;
         Ok(larder)
@@ -118,6 +128,9 @@ impl Larder {
             store: None,
             readers: None,
             tokens,
+            access: gc::AccessLog::default(),
+            gc_lock: std::sync::Mutex::new(()),
+            gc_wake: tokio::sync::Notify::new(),
         })
     }
 

@@ -38,4 +38,16 @@ pub trait Backend: Send + Sync {
     /// A cheap check that the location can be read (its segment exists and is long
     /// enough), without reading it.
     fn check(&self, id: &ChunkId, loc: &Location) -> Result<(), StoreError>;
+
+    /// Every segment with its length in bytes.
+    fn segments(&self) -> Result<Vec<(u32, u64)>, StoreError>;
+
+    /// The segment appends go to now, if one is open.
+    fn open_segment(&self) -> Option<u32>;
+
+    /// Close the open segment: the next append starts a new one.
+    fn seal(&self) -> Result<(), StoreError>;
+
+    /// Delete a segment no index entry names any more (durably).
+    fn remove(&self, segment: u32) -> Result<(), StoreError>;
 }

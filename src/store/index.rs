@@ -124,6 +124,68 @@ impl Index {
         Ok(())
     }
 
+    /// Every entry, in key order, from one read transaction.
+    pub(crate) fn for_each(
+        &self,
+        mut f: impl FnMut(&ChunkId, Location) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CHUNKS)?;
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            f(k.value(), decode(v.value()))?;
+        }
+        Ok(())
+    }
+
+    /// Remove entries that still name exactly these locations, durably.
+    pub(crate) fn remove_exact(&self, entries: &[(ChunkId, Location)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(CHUNKS)?;
+            let mut stats = tx.open_table(STATS)?;
+            let (mut n, mut fb, mut rb) = (0u64, 0u64, 0u64);
+            for (id, loc) in entries {
+                let current = table.get(id)?.map(|v| decode(v.value()));
+                if current != Some(*loc) {
+                    continue;
+                }
+                table.remove(id)?;
+                n += 1;
+                fb += u64::from(loc.frame_len);
+                rb += u64::from(loc.raw_len);
+            }
+            add_stat(&mut stats, "chunks", n.wrapping_neg())?;
+            add_stat(&mut stats, "frame_bytes", fb.wrapping_neg())?;
+            add_stat(&mut stats, "raw_bytes", rb.wrapping_neg())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Point entries at new locations, each only if it still names the old one,
+    /// durably in one transaction.
+    pub(crate) fn repoint(&self, moves: &[(ChunkId, Location, Location)]) -> Result<(), StoreError> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(CHUNKS)?;
+            for (id, old, new) in moves {
+                let current = table.get(id)?.map(|v| decode(v.value()));
+                if current == Some(*old) {
+                    table.insert(id, &encode(new))?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub(crate) fn stats(&self) -> Result<IndexStats, StoreError> {
         let tx = self.db.begin_read()?;
         let stats = tx.open_table(STATS)?;

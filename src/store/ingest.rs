@@ -33,6 +33,9 @@ pub struct IngestOutcome {
     pub new_chunks: u64,
     /// Frame bytes this upload added to the store.
     pub new_frame_bytes: u64,
+    /// Keeps every chunk of the manifest from being swept: drop it only after
+    /// the manifest is committed (or abandoned).
+    pub hold: super::Hold,
 }
 
 enum Slot {
@@ -96,6 +99,18 @@ impl InFlight {
         }
     }
 
+    /// Segments that hold appended records not yet in the index.
+    pub(crate) fn segments(&self) -> Result<HashSet<u32>, StoreError> {
+        let slots = self.slots.lock().map_err(|_| poisoned())?;
+        Ok(slots
+            .values()
+            .filter_map(|s| match s {
+                Slot::Appended(l) => Some(l.segment),
+                Slot::Claimed(_) => None,
+            })
+            .collect())
+    }
+
     /// Drop every slot this upload claimed or appended.
     fn release(&self, ids: &HashSet<ChunkId>, owner: u64) {
         if let Ok(mut slots) = self.slots.lock() {
@@ -127,6 +142,7 @@ struct RawChunk {
 struct Upload<'s> {
     store: &'s ChunkStore,
     owner: u64,
+    hold: super::Hold,
     /// Every chunk this upload resolved, to dedup within the upload.
     known: HashMap<ChunkId, Location>,
     /// Locations this upload must commit to the index (appended or adopted).
@@ -149,6 +165,8 @@ impl Upload<'_> {
                 break;
             }
             let ids: Vec<ChunkId> = open.iter().map(|&i| batch[i].id).collect();
+            // Held before the lookup, so GC cannot sweep what this finds.
+            self.hold.extend(&ids)?;
             let indexed = self.store.index.get_many(&ids)?;
             let mut mine: Vec<usize> = Vec::new();
             let mut others: Vec<usize> = Vec::new();
@@ -253,6 +271,7 @@ impl ChunkStore {
         let mut upload = Upload {
             store: self,
             owner,
+            hold: self.new_hold(),
             known: HashMap::new(),
             to_index: HashMap::new(),
             claimed: HashSet::new(),
@@ -290,6 +309,7 @@ impl ChunkStore {
             manifest: Manifest { chunks },
             new_chunks: upload.new_chunks,
             new_frame_bytes: upload.new_frame_bytes,
+            hold: upload.hold,
         })
     }
 }

@@ -12,6 +12,7 @@
 mod backend;
 mod chunker;
 mod error;
+mod gc;
 mod index;
 mod ingest;
 mod manifest;
@@ -22,6 +23,7 @@ pub use read::READ_SPAN_BYTES;
 pub use backend::{Backend, Frame, Location};
 pub use chunker::{CHUNK_AVG_BYTES, CHUNK_MAX_BYTES, CHUNK_MIN_BYTES};
 pub use error::StoreError;
+pub use gc::{CompactOutcome, Hold, PackUsage, ReadEpoch, SweepOutcome, Window};
 pub use index::IndexStats;
 pub use ingest::IngestOutcome;
 pub use manifest::{ChunkId, ChunkRef, Manifest};
@@ -31,6 +33,7 @@ pub use read::{raw_position, FrameSpan, ResolvedNar};
 use std::path::Path;
 use std::sync::Arc;
 
+use gc::{Epochs, Holds};
 use ingest::InFlight;
 
 /// Default zstd level for stored chunks: level 3 keeps ingest above 200 MB/s on two
@@ -43,6 +46,8 @@ pub struct ChunkStore {
     backend: Arc<dyn Backend>,
     index: index::Index,
     inflight: InFlight,
+    holds: Arc<Holds>,
+    epochs: Epochs,
     zstd_level: i32,
 }
 
@@ -64,6 +69,8 @@ impl ChunkStore {
             backend,
             index: index::Index::open(index_path)?,
             inflight: InFlight::default(),
+            holds: Arc::new(Holds::default()),
+            epochs: Epochs::default(),
             zstd_level,
         })
     }

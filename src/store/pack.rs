@@ -296,6 +296,58 @@ impl Backend for PackBackend {
         Ok(out)
     }
 
+    fn segments(&self) -> Result<Vec<(u32, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io(&self.dir, e))?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            match entry.metadata() {
+                Ok(m) => out.push((id, m.len())),
+                // Removed between the listing and the stat.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&entry.path(), e)),
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn open_segment(&self) -> Option<u32> {
+        self.writer.lock().ok()?.as_ref().map(|w| w.id)
+    }
+
+    fn seal(&self) -> Result<(), StoreError> {
+        *self.writer.lock().map_err(|_| lock_poisoned())? = None;
+        Ok(())
+    }
+
+    fn remove(&self, segment: u32) -> Result<(), StoreError> {
+        if self.open_segment() == Some(segment) {
+            return Err(StoreError::Index(format!(
+                "pack {segment} is open for appends and cannot be removed"
+            )));
+        }
+        if let Ok(mut files) = self.files.write() {
+            files.remove(&segment);
+        }
+        let path = self.path(segment);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io(&self.dir, e))
+    }
+
     fn check(&self, id: &ChunkId, loc: &Location) -> Result<(), StoreError> {
         let file = self
             .file(loc.segment)

@@ -19,6 +19,9 @@ pub struct FrameSpan {
 #[derive(Clone, Debug)]
 pub struct ResolvedNar {
     pub spans: Vec<FrameSpan>,
+    /// Keeps the packs these spans point into until the download ends, even if
+    /// compaction moves their records meanwhile.
+    pub epoch: Option<std::sync::Arc<super::ReadEpoch>>,
 }
 
 impl ResolvedNar {
@@ -54,6 +57,9 @@ impl ChunkStore {
     /// before anything is sent when a chunk is missing, so a damaged NAR is never
     /// answered with a 200.
     pub fn resolve(&self, manifest: &Manifest) -> Result<ResolvedNar, StoreError> {
+        // The epoch before the lookup: a pack compacted after it stays until this
+        // resolution is dropped.
+        let epoch = self.epochs.current();
         let ids: Vec<_> = manifest.chunks.iter().map(|c| c.id).collect();
         let locs = self.index.get_many(&ids)?;
         let mut spans = Vec::with_capacity(locs.len());
@@ -82,7 +88,7 @@ impl ChunkStore {
         for f in furthest.values() {
             self.backend.check(&f.chunk.id, &f.loc)?;
         }
-        Ok(ResolvedNar { spans })
+        Ok(ResolvedNar { spans, epoch })
     }
 
     /// Read the verified frames of `spans`, in order.

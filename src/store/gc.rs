@@ -1,0 +1,394 @@
+//! What the chunk store offers garbage collection (`docs/design/gc.md`): holds
+//! that keep an upload's chunks from being swept before its manifest is
+//! committed, the sweep itself, pack usage, compaction, and retiring packs only
+//! once no download that resolved into them is still reading.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+
+use super::backend::{Frame, Location};
+use super::pack::RECORD_HEADER_BYTES;
+use super::{ChunkId, ChunkStore, StoreError};
+
+/// Index entries removed per sweep transaction: short enough that an upload
+/// waiting on the hold mutex waits milliseconds.
+const SWEEP_BATCH: usize = 4096;
+/// Frame bytes copied per compaction step (one read, one append).
+const COMPACT_STEP_BYTES: u64 = 4 << 20;
+
+#[derive(Default)]
+struct HoldState {
+    /// Chunks held by uploads in progress, with how many holders each.
+    held: HashMap<ChunkId, u32>,
+    /// While a GC window is open: every chunk held since it opened.
+    touched: Option<HashSet<ChunkId>>,
+}
+
+/// The chunks uploads hold until their manifests are committed.
+#[derive(Default)]
+pub(crate) struct Holds {
+    state: Mutex<HoldState>,
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Index("hold set poisoned by an earlier panic".into())
+}
+
+impl Holds {
+    fn add(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        for id in ids {
+            *s.held.entry(*id).or_insert(0) += 1;
+        }
+        if let Some(t) = s.touched.as_mut() {
+            t.extend(ids.iter().copied());
+        }
+        Ok(())
+    }
+
+    fn release(&self, ids: &[ChunkId]) {
+        if let Ok(mut s) = self.state.lock() {
+            for id in ids {
+                if let Some(n) = s.held.get_mut(id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.held.remove(id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Chunks held for one upload (or one copy) until it is dropped: after the
+/// manifest naming them is committed, or when the upload fails.
+#[derive(Clone, Default)]
+pub struct Hold {
+    inner: Option<Arc<HoldInner>>,
+}
+
+struct HoldInner {
+    holds: Weak<Holds>,
+    ids: Mutex<Vec<ChunkId>>,
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+impl Hold {
+    fn new(holds: &Arc<Holds>) -> Self {
+        Hold {
+            inner: Some(Arc::new(HoldInner {
+                holds: Arc::downgrade(holds),
+                ids: Mutex::new(Vec::new()),
+            })),
+        }
+    }
+
+    /// Hold more chunks (before looking them up in the index).
+    pub(crate) fn extend(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        let Some(holds) = inner.holds.upgrade() else {
+            return Ok(());
+        };
+        holds.add(ids)?;
+        inner
+            .ids
+            .lock()
+            .map_err(|_| poisoned())?
+            .extend_from_slice(ids);
+        Ok(())
+    }
+}
+
+impl Drop for HoldInner {
+    fn drop(&mut self) {
+        if let (Some(holds), Ok(ids)) = (self.holds.upgrade(), self.ids.lock()) {
+            holds.release(&ids);
+        }
+    }
+}
+
+/// An open GC window: while it lives, every chunk held is recorded as touched.
+pub struct Window {
+    holds: Arc<Holds>,
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.holds.state.lock() {
+            s.touched = None;
+        }
+    }
+}
+
+/// What a sweep removed (or, dry, would remove).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SweepOutcome {
+    pub chunks: u64,
+    /// Record bytes (header + frame) no longer indexed.
+    pub bytes: u64,
+}
+
+/// How much of one pack the index still names.
+#[derive(Clone, Copy, Debug)]
+pub struct PackUsage {
+    pub segment: u32,
+    pub file_bytes: u64,
+    pub live_bytes: u64,
+    /// The pack being appended to, or one an upload in progress has appended to.
+    pub busy: bool,
+}
+
+/// What compacting one pack did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompactOutcome {
+    pub records_moved: u64,
+    pub bytes_moved: u64,
+    pub bytes_freed: u64,
+}
+
+/// The read epoch a resolved manifest was resolved in. A retired pack is unlinked
+/// only once no resolved manifest from before its retirement is alive.
+#[derive(Debug, Default)]
+pub struct ReadEpoch;
+
+#[derive(Default)]
+pub(crate) struct Epochs {
+    current: Mutex<Arc<ReadEpoch>>,
+    retired: Mutex<Vec<(Weak<ReadEpoch>, u32)>>,
+}
+
+impl Epochs {
+    pub(crate) fn current(&self) -> Option<Arc<ReadEpoch>> {
+        self.current.lock().ok().map(|c| c.clone())
+    }
+}
+
+fn record_bytes(loc: &Location) -> u64 {
+    RECORD_HEADER_BYTES + u64::from(loc.frame_len)
+}
+
+impl ChunkStore {
+    /// A hold for an upload or a copy.
+    pub fn new_hold(&self) -> Hold {
+        Hold::new(&self.holds)
+    }
+
+    /// Hold chunks that a manifest about to be committed names without uploading
+    /// them (an S3 copy, a narinfo for an already stored NAR), then check that
+    /// each is still indexed: `Missing` when GC already took one.
+    pub fn hold_existing(&self, ids: &[ChunkId]) -> Result<Hold, StoreError> {
+        let hold = self.new_hold();
+        hold.extend(ids)?;
+        for (id, loc) in ids.iter().zip(self.index.get_many(ids)?) {
+            if loc.is_none() {
+                return Err(StoreError::Missing(*id));
+            }
+        }
+        Ok(hold)
+    }
+
+    /// Open the GC window (see `docs/design/gc.md`): chunks held now, and every
+    /// chunk held until the window is dropped, are never swept by this pass.
+    pub fn open_window(&self) -> Result<Window, StoreError> {
+        let mut s = self.holds.state.lock().map_err(|_| poisoned())?;
+        let held: HashSet<ChunkId> = s.held.keys().copied().collect();
+        s.touched = Some(held);
+        Ok(Window {
+            holds: self.holds.clone(),
+        })
+    }
+
+    /// Every index entry, in key order, to `f`.
+    pub fn for_each_indexed(
+        &self,
+        f: impl FnMut(&ChunkId, Location) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.index.for_each(f)
+    }
+
+    /// Remove index entries `live` says are dead, unless held or touched since
+    /// `window` opened. With `dry_run`, only count them.
+    pub fn sweep(
+        &self,
+        _window: &Window,
+        live: impl Fn(&ChunkId) -> bool,
+        dry_run: bool,
+    ) -> Result<SweepOutcome, StoreError> {
+        let mut dead: Vec<(ChunkId, Location)> = Vec::new();
+        self.index.for_each(|id, loc| {
+            if !live(id) {
+                dead.push((*id, loc));
+            }
+            Ok(())
+        })?;
+        let mut out = SweepOutcome::default();
+        for batch in dead.chunks(SWEEP_BATCH) {
+            let s = self.holds.state.lock().map_err(|_| poisoned())?;
+            let gone: Vec<(ChunkId, Location)> = batch
+                .iter()
+                .filter(|(id, _)| {
+                    !s.held.contains_key(id) && !s.touched.as_ref().is_some_and(|t| t.contains(id))
+                })
+                .copied()
+                .collect();
+            if !dry_run {
+                self.index.remove_exact(&gone)?;
+            }
+            drop(s);
+            out.chunks += gone.len() as u64;
+            out.bytes += gone.iter().map(|(_, l)| record_bytes(l)).sum::<u64>();
+        }
+        Ok(out)
+    }
+
+    /// How much of each pack the index names (with `live`, only the entries it
+    /// calls live: what a sweep would leave).
+    pub fn pack_usage(
+        &self,
+        live_filter: Option<&dyn Fn(&ChunkId) -> bool>,
+    ) -> Result<Vec<PackUsage>, StoreError> {
+        let mut live: HashMap<u32, u64> = HashMap::new();
+        self.index.for_each(|id, loc| {
+            if live_filter.is_none_or(|f| f(id)) {
+                *live.entry(loc.segment).or_insert(0) += record_bytes(&loc);
+            }
+            Ok(())
+        })?;
+        let open = self.backend.open_segment();
+        let busy = self.inflight.segments()?;
+        Ok(self
+            .backend
+            .segments()?
+            .into_iter()
+            .map(|(segment, file_bytes)| PackUsage {
+                segment,
+                file_bytes,
+                live_bytes: live.get(&segment).copied().unwrap_or(0),
+                busy: open == Some(segment) || busy.contains(&segment),
+            })
+            .collect())
+    }
+
+    /// The pack appends go to now.
+    pub fn open_segment(&self) -> Option<u32> {
+        self.backend.open_segment()
+    }
+
+    /// Close the open pack so the next append starts a new one (and the closed
+    /// one can be compacted once no upload in progress has records in it).
+    pub fn seal_open_pack(&self) -> Result<(), StoreError> {
+        self.backend.seal()
+    }
+
+    /// Bytes of every pack on disk.
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.backend.segments()?.iter().map(|(_, b)| b).sum())
+    }
+
+    /// Move the indexed records of a sealed pack into the open pack, repoint the
+    /// index, and retire the old pack.
+    pub fn compact(&self, segment: u32) -> Result<CompactOutcome, StoreError> {
+        if self.backend.open_segment() == Some(segment)
+            || self.inflight.segments()?.contains(&segment)
+        {
+            return Ok(CompactOutcome::default());
+        }
+        let file_bytes = self
+            .backend
+            .segments()?
+            .into_iter()
+            .find(|(s, _)| *s == segment)
+            .map(|(_, b)| b)
+            .unwrap_or(0);
+        let mut records: Vec<(ChunkId, Location)> = Vec::new();
+        self.index.for_each(|id, loc| {
+            if loc.segment == segment {
+                records.push((*id, loc));
+            }
+            Ok(())
+        })?;
+        records.sort_by_key(|(_, l)| l.offset);
+        let mut out = CompactOutcome::default();
+        let mut i = 0;
+        while i < records.len() {
+            let mut j = i;
+            let mut step = 0u64;
+            while j < records.len() && (j == i || step + record_bytes(&records[j].1) <= COMPACT_STEP_BYTES)
+            {
+                step += record_bytes(&records[j].1);
+                j += 1;
+            }
+            let batch = &records[i..j];
+            let frames = self.backend.read(batch)?;
+            let refs: Vec<Frame<'_>> = batch
+                .iter()
+                .zip(&frames)
+                .map(|((id, loc), f)| Frame {
+                    id,
+                    raw_len: loc.raw_len,
+                    bytes: f,
+                })
+                .collect();
+            let new = self.backend.append(&refs)?;
+            let mut segs: Vec<u32> = new.iter().map(|l| l.segment).collect();
+            segs.sort_unstable();
+            segs.dedup();
+            self.backend.sync(&segs)?;
+            let moves: Vec<(ChunkId, Location, Location)> = batch
+                .iter()
+                .zip(new)
+                .map(|((id, old), new)| (*id, *old, new))
+                .collect();
+            self.index.repoint(&moves)?;
+            out.records_moved += batch.len() as u64;
+            out.bytes_moved += step;
+            i = j;
+        }
+        self.retire(segment)?;
+        out.bytes_freed = file_bytes;
+        Ok(out)
+    }
+
+    /// Stop new reads from finding `segment`, and unlink it once no download that
+    /// resolved into it before now is still reading.
+    pub fn retire(&self, segment: u32) -> Result<(), StoreError> {
+        let old = {
+            let mut cur = self.epochs.current.lock().map_err(|_| poisoned())?;
+            std::mem::replace(&mut *cur, Arc::new(ReadEpoch))
+        };
+        self.epochs
+            .retired
+            .lock()
+            .map_err(|_| poisoned())?
+            .push((Arc::downgrade(&old), segment));
+        drop(old);
+        self.reap_retired()
+    }
+
+    /// Unlink retired packs no reader can still need. Returns how many remain.
+    pub fn reap_retired(&self) -> Result<(), StoreError> {
+        let ready: Vec<u32> = {
+            let mut r = self.epochs.retired.lock().map_err(|_| poisoned())?;
+            let (gone, keep): (Vec<_>, Vec<_>) =
+                r.drain(..).partition(|(w, _)| w.upgrade().is_none());
+            *r = keep;
+            gone.into_iter().map(|(_, s)| s).collect()
+        };
+        for segment in ready {
+            self.backend.remove(segment)?;
+        }
+        Ok(())
+    }
+
+    /// Retired packs still waiting for readers to finish.
+    pub fn retired_waiting(&self) -> usize {
+        self.epochs.retired.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
