@@ -6,6 +6,7 @@
 
 mod check_config;
 mod client;
+mod lifecycle;
 mod remote;
 mod s3;
 mod serve;
@@ -20,6 +21,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use larder::auth::Caller;
 use larder::config::{Config, FileConfig};
+use larder::service::ServiceError;
+use larder::store::StoreError;
 use larder::service::{
     CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, Larder, RetentionPeriod, Stats,
     VerifyReport,
@@ -69,6 +72,15 @@ enum Command {
     Push(client::PushArgs),
     /// Push new store paths as they appear (or `--enqueue` them from a hook).
     WatchStore(client::WatchArgs),
+    /// Run a GC pass now: evict by retention, quota and size budget, sweep
+    /// unreferenced chunks, compact sparse packs.
+    Gc(lifecycle::GcArgs),
+    /// Pin store paths so eviction never takes them (`larder pin add|list|remove`).
+    #[command(subcommand)]
+    Pin(lifecycle::PinCommand),
+    /// Store paths in a cache (`larder path delete`).
+    #[command(subcommand)]
+    Path(lifecycle::PathCommand),
     /// Check every stored NAR against its NarHash; exits 1 when damage is found.
     Verify {
         #[command(flatten)]
@@ -151,6 +163,10 @@ enum CacheCommand {
         reset_retention_period: bool,
         #[arg(long)]
         regenerate_keypair: bool,
+        /// The most the cache's NARs may take as stored ("10G"; "none" clears
+        /// it): least recently used paths are evicted past it.
+        #[arg(long)]
+        quota: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -193,14 +209,34 @@ impl Target {
             );
         }
         let base = config.base_url();
-        let larder = if needs_store {
+        let data_dir = config.data_dir.clone();
+        let opened = if needs_store {
             Larder::open(config, base, None)
         } else {
             Larder::open_meta_only(config, base)
+        };
+        match opened {
+            Ok(larder) => Ok(Session::Local(Box::new(larder))),
+            // A running server holds the chunk index: act through it, as the
+            // data dir's admin.
+            Err(ServiceError::Store(StoreError::InUse(why))) => {
+                match running_server(&data_dir) {
+                    Some((url, token)) => Ok(Session::Remote(remote::Client::new(&url, Some(token)))),
+                    None => bail!("{why}"),
+                }
+            }
+            Err(e) => bail!("{e}"),
         }
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Session::Local(Box::new(larder)))
     }
+}
+
+/// The server running on a data dir: the URL it wrote to `server.url` at start,
+/// and the data dir's admin token.
+fn running_server(data_dir: &std::path::Path) -> Option<(String, String)> {
+    let url = std::fs::read_to_string(data_dir.join("server.url")).ok()?;
+    let token = std::fs::read_to_string(data_dir.join("admin.token")).ok()?;
+    let (url, token) = (url.trim().to_owned(), token.trim().to_owned());
+    (!url.is_empty() && !token.is_empty()).then_some((url, token))
 }
 
 fn svc<T>(r: Result<T, larder::service::ServiceError>) -> anyhow::Result<T> {
@@ -243,6 +279,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Use(a) => client::use_cache(a),
         Command::Push(a) => client::push_paths(a),
         Command::WatchStore(a) => client::watch_store(a),
+        Command::Gc(a) => lifecycle::gc(a),
+        Command::Pin(cmd) => lifecycle::pin(cmd),
+        Command::Path(cmd) => lifecycle::path(cmd),
         Command::Token(cmd) => {
             token::run(cmd)?;
             Ok(ExitCode::SUCCESS)
@@ -302,11 +341,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 CacheCommand::Info { name, target, json } => {
                     let (target, name) = target.resolve_cache(&name)?;
-                    let cfg = match target.session(false)? {
+                    let session = target.session(false)?;
+                    let cfg = match &session {
                         Session::Remote(c) => c.cache_config(&name)?,
                         Session::Local(l) => svc(l.cache_config(&admin, &name))?,
                     };
-                    print_config(&name, &cfg, json)?;
+                    let usage = lifecycle::usage(&session, &name)?;
+                    if json {
+                        let mut v = serde_json::to_value(&cfg)?;
+                        if let (Some(obj), Some(u)) = (v.as_object_mut(), &usage) {
+                            obj.insert("usage".into(), serde_json::to_value(u)?);
+                        }
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        print_config(&name, &cfg, false)?;
+                        if let Some(u) = &usage {
+                            println!();
+                            lifecycle::print_usage(u);
+                        }
+                    }
                 }
                 CacheCommand::Configure {
                     name,
@@ -319,6 +372,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     retention_period,
                     reset_retention_period,
                     regenerate_keypair,
+                    quota,
                     json,
                 } => {
                     let (target, name) = target.resolve_cache(&name)?;
@@ -349,10 +403,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             .then_some(upstream_cache_key_names),
                         retention_period,
                     };
-                    let cfg = match target.session(false)? {
+                    let session = target.session(false)?;
+                    let cfg = match &session {
                         Session::Remote(c) => c.configure_cache(&name, &patch)?,
                         Session::Local(l) => svc(l.configure_cache(&admin, &name, &patch))?,
                     };
+                    if let Some(q) = &quota {
+                        lifecycle::set_quota(&session, &name, q)?;
+                    }
                     print_config(&name, &cfg, json)?;
                 }
                 CacheCommand::Destroy {
@@ -386,6 +444,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
                 println!("NARs:                     {}", stats.nars);
                 println!("store paths:              {}", stats.store_paths);
+                let lc = &stats.lifecycle;
+                let h = lifecycle::human_bytes;
+                println!("NAR bytes (logical):      {}", h(lc.logical_nar_bytes));
+                println!("stored on disk (packs):   {}", h(lc.stored_bytes));
+                println!("reclaimable by GC:        {}", h(lc.reclaimable_bytes));
+                println!(
+                    "size budget:              {}",
+                    lc.max_bytes.map(h).unwrap_or_else(|| "none".into())
+                );
+                match &lc.last_gc {
+                    Some(g) => println!(
+                        "last GC:                  {} s ago: {} paths evicted, {} reclaimed, {} packs compacted, {} ms",
+                        larder::meta::now() - g.started_at,
+                        g.paths_evicted,
+                        h(g.bytes_reclaimed),
+                        g.packs_compacted,
+                        g.duration_ms
+                    ),
+                    None => println!("last GC:                  never"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -152,6 +152,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             out.flush()?;
         }
         tracing::info!(%addr, data_dir = %data_dir.display(), "larder started");
+        if let Err(e) = super::lifecycle::write_server_url(&data_dir, addr) {
+            tracing::warn!(error = %e, "writing server.url failed");
+        }
+        super::lifecycle::spawn_background(larder.clone());
 
         if let Some(l) = s3_listener {
             let s3 = larder.clone();
@@ -197,9 +201,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         });
 
+        let last = larder.clone();
         match tls {
             Some(tls) => larder::http::serve_tls(listener, tls, larder, shutdown_signal()).await?,
             None => larder::http::serve(listener, larder, shutdown_signal()).await?,
+        }
+        if let Err(e) = last.flush_access() {
+            tracing::warn!(error = %e, "writing access times failed");
         }
         tracing::info!("larder stopped");
         Ok::<_, anyhow::Error>(())

@@ -5,6 +5,7 @@
 mod api;
 mod edge;
 mod error;
+pub mod lifecycle;
 mod nix;
 mod path;
 
@@ -52,6 +53,24 @@ pub fn router(larder: Arc<Larder>) -> Router {
         )
         .route("/_api/v1/tokens/revoke", post(api::revoke_tokens))
         .route("/_api/v1/tokens/inspect", post(api::inspect_token))
+        .route("/_api/v1/gc", post(lifecycle::gc))
+        .route(
+            "/_api/v1/cache/{cache}/pins",
+            get(lifecycle::list_pins).post(lifecycle::add_pins),
+        )
+        .route(
+            "/_api/v1/cache/{cache}/pins/remove",
+            post(lifecycle::remove_pins),
+        )
+        .route(
+            "/_api/v1/cache/{cache}/delete-paths",
+            post(lifecycle::delete_paths),
+        )
+        .route("/_api/v1/cache/{cache}/usage", get(lifecycle::usage))
+        .route(
+            "/_api/v1/cache/{cache}/quota",
+            axum::routing::put(lifecycle::set_quota),
+        )
         .fallback(nix::handle)
         .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(limit))

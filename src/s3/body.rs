@@ -412,3 +412,21 @@ pub fn object_body(
     });
     Ok(StreamingBlob::wrap(stream))
 }
+
+/// Hold the chunks of a stored manifest that a new object or part will name by
+/// reference (a copy), and check GC has not taken one: keep the hold until the
+/// new row is committed (`docs/design/gc.md`).
+pub fn hold_manifest(larder: &Larder, manifest: &[u8]) -> S3ApiResult<crate::store::Hold> {
+    let m = crate::store::Manifest::decode(manifest)
+        .ok_or_else(|| S3ApiError::Internal("an object manifest does not decode".into()))?;
+    let ids: Vec<crate::store::ChunkId> = m.chunks.iter().map(|c| c.id).collect();
+    let store = larder
+        .store()
+        .map_err(|e| S3ApiError::Internal(e.to_string()))?;
+    store.hold_existing(&ids).map_err(|e| match e {
+        crate::store::StoreError::Missing(_) => {
+            S3ApiError::NoSuchKey
+        }
+        other => S3ApiError::Store(other),
+    })
+}

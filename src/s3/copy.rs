@@ -136,6 +136,7 @@ pub(crate) async fn copy_object(
         part_sizes: src.row.part_sizes.clone(),
         manifest: src.row.manifest.clone(),
     };
+    let hold = super::body::hold_manifest(&s3.larder, &src.row.manifest)?;
     let dest_bucket = input.bucket.clone();
     let dest_key = input.key.clone();
     let written = meta_blocking(&s3.larder, move |m| {
@@ -146,6 +147,7 @@ pub(crate) async fn copy_object(
         )
     })
     .await?;
+    drop(hold);
     match written {
         WriteOutcome::Stored => {}
         WriteOutcome::NoSuchBucket => return Err(S3ApiError::NoSuchBucket(input.bucket.clone())),

@@ -253,16 +253,17 @@ pub(crate) async fn upload_part_copy(
     }
     let whole = start == 0 && end == len;
     let plain_md5 = !src.row.etag.contains('-');
-    let part = if whole && plain_md5 {
+    let (part, hold) = if whole && plain_md5 {
         // The whole source, by reference: its ETag is already the MD5.
-        PartRow {
+        let hold = super::body::hold_manifest(&s3.larder, &src.row.manifest)?;
+        (PartRow {
             part_number: number,
             size: len,
             etag: src.row.etag.clone(),
             checksum: None,
             modified_ms: now_ms(),
             manifest: src.row.manifest.clone(),
-        }
+        }, hold)
     } else {
         // A slice (or a multipart source, whose part ETag must be the MD5 of its
         // bytes): stream it back through the chunker. Chunks inside the range cut
@@ -274,14 +275,14 @@ pub(crate) async fn upload_part_copy(
             let resolved = store.resolve(&manifest)?;
             let reader = RangeReader::new(l, &resolved, start, end);
             let (outcome, digest) = body::ingest_reader(l, reader)?;
-            Ok(PartRow {
+            Ok((PartRow {
                 part_number: number,
                 size: digest.len,
                 etag: md5_hex(&digest.md5),
                 checksum: None,
                 modified_ms: now_ms(),
                 manifest: outcome.manifest.encode(),
-            })
+            }, outcome.hold))
         })
         .await?
     };
@@ -289,6 +290,7 @@ pub(crate) async fn upload_part_copy(
     let modified = part.modified_ms;
     let id = input.upload_id.clone();
     let recorded = meta_blocking(&s3.larder, move |m| Ok(m.s3_part_put(&id, &part)?)).await?;
+    drop(hold);
     if !recorded {
         return Err(S3ApiError::NoSuchUpload);
     }

@@ -112,7 +112,10 @@ impl Larder {
         };
 
         if let Some(existing) = self.meta.nar_by_hash(&info.nar_hash.0)? {
-            if !existing.damaged && existing.nar_size == info.nar_size {
+            // Held so GC cannot take its chunks before the commit; a NAR GC has
+            // already taken is uploaded again below.
+            let hold = self.hold_stored_nar(&existing.manifest)?;
+            if !existing.damaged && existing.nar_size == info.nar_size && hold.is_some() {
                 let served = self.served_narinfo(&row.signing_key, &info, existing.file_size)?;
                 let staged = StagedNar {
                     nar_hash: existing.nar_hash,
@@ -137,6 +140,7 @@ impl Larder {
         }
 
         let nar = self.ingest_nar_from(Some(compression), leftover, body)?;
+        self.check_fits(row.id, &meta.cache, nar.outcome.manifest.frames_len())?;
         if nar.nar_hash != info.nar_hash {
             return Err(ServiceError::BadRequest(format!(
                 "NarHash mismatch: metadata says {}, the uploaded NAR hashes to {}",
@@ -167,6 +171,7 @@ impl Larder {
             1.0 - (nar.outcome.new_frame_bytes as f64 / file_size as f64).min(1.0)
         };
         tracing::info!(cache = %meta.cache, store_path = %info.store_path, "uploaded path");
+        self.after_push(row.id);
         Ok(UploadPathResult::Uploaded {
             file_size,
             frac_deduplicated: frac,

@@ -57,13 +57,16 @@ pub struct Larder {
 }
 
 /// Totals for `larder stats`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Stats {
     pub chunks: u64,
     pub chunk_bytes: u64,
     pub chunk_bytes_uncompressed: u64,
     pub nars: u64,
     pub store_paths: u64,
+    /// Stored vs live bytes, the budget and the last GC pass.
+    #[serde(default)]
+    pub lifecycle: gc::LifecycleStats,
 }
 
 /// Cache names: `^[A-Za-z0-9][A-Za-z0-9-_+]{0,49}$`.
@@ -198,6 +201,7 @@ impl Larder {
             chunk_bytes_uncompressed: s.raw_bytes,
             nars,
             store_paths,
+            lifecycle: self.lifecycle_stats()?,
         })
     }
 

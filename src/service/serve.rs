@@ -13,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{Larder, ServiceError};
 use crate::auth::{Caller, Permission};
+use crate::meta::AccessKey;
 use crate::nix::base32;
 use crate::store::{FrameSpan, Manifest, StoreError, READ_SPAN_BYTES};
 
@@ -140,9 +141,12 @@ impl Larder {
         path_hash: &str,
     ) -> Result<Bytes, ServiceError> {
         let row = self.authorize(caller, cache, Permission::Pull)?;
-        self.meta
+        let text = self
+            .meta
             .narinfo(row.id, path_hash)?
-            .ok_or_else(|| narinfo_not_found(cache, path_hash))
+            .ok_or_else(|| narinfo_not_found(cache, path_hash))?;
+        self.note_access(row.id, AccessKey::Path(path_hash.to_owned()));
+        Ok(text)
     }
 
     /// [`Larder::get_narinfo`] answered from memory alone, without blocking: `None`
@@ -159,6 +163,9 @@ impl Larder {
             Err(e) => return Some(Err(e)),
         };
         let known = self.meta.narinfo_remembered(row.id, path_hash)?;
+        if known.is_some() {
+            self.note_access(row.id, AccessKey::Path(path_hash.to_owned()));
+        }
         Some(known.ok_or_else(|| narinfo_not_found(cache, path_hash)))
     }
 
@@ -212,6 +219,9 @@ impl Larder {
             Ok(r) => r,
             Err(e) => return Err(self.damaged(nar.id, manifest, e)),
         };
+        if !head {
+            self.note_access(row.id, AccessKey::Nar(hash));
+        }
         let total_len = resolved.frames_len();
         let (start, end, partial) = match range {
             None => (0, total_len, false),

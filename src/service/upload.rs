@@ -207,6 +207,7 @@ impl Larder {
         let row = self.authorize(caller, cache, Permission::Push)?;
         let compression = Compression::from_file_name(file_name)?;
         let nar = self.ingest_nar(compression, body)?;
+        self.check_fits(row.id, cache, nar.outcome.manifest.frames_len())?;
         self.meta.stage_nar(row.id, file_name, &nar.staged())?;
         tracing::info!(
             cache,
@@ -260,6 +261,7 @@ impl Larder {
             .ok_or_else(|| {
                 ServiceError::BadRequest(format!("narinfo URL {:?} is not nar/<file>", info.url))
             })?;
+        let mut _hold = None;
         let staged = match self.meta.staged_nar(row.id, file_name)? {
             Some(mut s) => {
                 let m = Manifest::decode(&s.manifest)
@@ -269,7 +271,11 @@ impl Larder {
                 s
             }
             None => match self.meta.nar_by_file(row.id, file_name)? {
-                Some(n) if !n.damaged => StagedNar {
+                Some(n) if !n.damaged && {
+                    // Held so GC cannot take its chunks before the commit.
+                    _hold = self.hold_stored_nar(&n.manifest)?;
+                    _hold.is_some()
+                } => StagedNar {
                     nar_hash: n.nar_hash,
                     nar_size: n.nar_size,
                     file_size: n.file_size,
@@ -306,6 +312,7 @@ impl Larder {
             &served,
         )?;
         tracing::info!(cache, store_path = %info.store_path, "committed path");
+        self.after_push(row.id);
         Ok(())
     }
 

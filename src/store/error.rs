@@ -16,6 +16,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (a running server) holds the index.
+    #[error("{0}")]
+    InUse(String),
     /// The redb index failed.
     #[error("chunk index: {0}")]
     Index(String),

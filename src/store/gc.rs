@@ -372,14 +372,25 @@ impl ChunkStore {
         self.reap_retired()
     }
 
-    /// Unlink retired packs no reader can still need. Returns how many remain.
+    /// Unlink retired packs no reader can still need: a pack retired when epoch
+    /// k ended goes once no reader of epoch k or any earlier one is left (a
+    /// reader of an earlier epoch may have resolved into it too).
     pub fn reap_retired(&self) -> Result<(), StoreError> {
         let ready: Vec<u32> = {
             let mut r = self.epochs.retired.lock().map_err(|_| poisoned())?;
-            let (gone, keep): (Vec<_>, Vec<_>) =
-                r.drain(..).partition(|(w, _)| w.upgrade().is_none());
+            let mut reader_left = false;
+            let mut keep = Vec::new();
+            let mut gone = Vec::new();
+            for (w, segment) in r.drain(..) {
+                reader_left |= w.upgrade().is_some();
+                if reader_left {
+                    keep.push((w, segment));
+                } else {
+                    gone.push(segment);
+                }
+            }
             *r = keep;
-            gone.into_iter().map(|(_, s)| s).collect()
+            gone
         };
         for segment in ready {
             self.backend.remove(segment)?;

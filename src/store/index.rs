@@ -52,7 +52,7 @@ fn decode(v: &[u8; 20]) -> Location {
 impl Index {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Index(format!(
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(format!(
                 "{} is in use by another larder process (stop the server, or use --server)",
                 path.display()
             )),

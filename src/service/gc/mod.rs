@@ -297,9 +297,39 @@ impl Larder {
         Ok(())
     }
 
+    /// Hold the chunks of a stored NAR a commit is about to name again; `None`
+    /// when GC already took one of them (the NAR must then be uploaded again).
+    pub(crate) fn hold_stored_nar(
+        &self,
+        manifest: &[u8],
+    ) -> Result<Option<crate::store::Hold>, ServiceError> {
+        let m = crate::store::Manifest::decode(manifest)
+            .ok_or_else(|| ServiceError::Internal("a NAR manifest does not decode".into()))?;
+        let ids: Vec<crate::store::ChunkId> = m.chunks.iter().map(|c| c.id).collect();
+        match self.store()?.hold_existing(&ids) {
+            Ok(h) => Ok(Some(h)),
+            Err(crate::store::StoreError::Missing(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After a path is committed: start a pass if a budget is exceeded.
+    pub(crate) fn after_push(&self, cache_id: i64) {
+        match self.over_budget(Some(cache_id)) {
+            Ok(true) => self.wake_gc(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "checking the storage budget failed"),
+        }
+    }
+
     /// Start a GC pass soon (the server's lifecycle task waits on this).
     pub fn wake_gc(&self) {
         self.gc_wake.notify_one();
+    }
+
+    /// Resolves when a push asked for a pass ([`Larder::wake_gc`]).
+    pub async fn gc_woken(&self) {
+        self.gc_wake.notified().await
     }
 
     /// Note a fetch (narinfo or NAR GET) for access-time tracking.

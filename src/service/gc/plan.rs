@@ -92,13 +92,6 @@ impl ChunkCounts {
         self.live_bytes
     }
 
-    pub fn len(&self) -> usize {
-        self.counts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
-    }
 }
 
 /// What the plan needs besides the snapshot.
