@@ -18,6 +18,7 @@ mod cli;
 mod client;
 mod dedup;
 mod durability;
+mod gc;
 mod harness;
 mod nix_files;
 mod s3;

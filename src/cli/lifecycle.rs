@@ -104,9 +104,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
-    let opts = GcOptions {
-        dry_run: a.dry_run,
-    };
+    let opts = GcOptions { dry_run: a.dry_run };
     let report: GcReport = match a.target.session(true)? {
         Session::Remote(c) => c.call("POST", "/_api/v1/gc", Some(serde_json::to_value(opts)?))?,
         Session::Local(l) => svc(l.gc(&Caller::Admin, opts))?,
@@ -115,7 +113,11 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let verb = if report.dry_run { "would evict" } else { "evicted" };
+    let verb = if report.dry_run {
+        "would evict"
+    } else {
+        "evicted"
+    };
     println!(
         "{verb} {} paths ({} for retention, {} over a quota, {} over the size budget)",
         report.paths_evicted,
@@ -127,15 +129,26 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
         println!("  {} {} ({:?})", e.cache, e.store_path, e.reason);
     }
     if report.evictions.len() > 20 {
-        println!("  … and {} more (--json lists them)", report.evictions.len() - 20);
+        println!(
+            "  … and {} more (--json lists them)",
+            report.evictions.len() - 20
+        );
     }
-    let verb = if report.dry_run { "would reclaim" } else { "reclaimed" };
+    let verb = if report.dry_run {
+        "would reclaim"
+    } else {
+        "reclaimed"
+    };
     println!(
         "{verb} {} chunks ({}); {} packs {}",
         report.chunks_reclaimed,
         human_bytes(report.bytes_reclaimed),
         report.packs_compacted,
-        if report.dry_run { "to compact" } else { "compacted" }
+        if report.dry_run {
+            "to compact"
+        } else {
+            "compacted"
+        }
     );
     println!(
         "stored on disk: {} before, {} after; live: {}{}",
@@ -304,7 +317,9 @@ pub fn print_usage(u: &CacheUsage) {
     );
     println!(
         "               Quota: {}",
-        u.quota_bytes.map(human_bytes).unwrap_or_else(|| "none".into())
+        u.quota_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "none".into())
     );
     println!("                Pins: {}", u.pins);
 }

@@ -22,11 +22,11 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use larder::auth::Caller;
 use larder::config::{Config, FileConfig};
 use larder::service::ServiceError;
-use larder::store::StoreError;
 use larder::service::{
     CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, Larder, RetentionPeriod, Stats,
     VerifyReport,
 };
+use larder::store::StoreError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -219,12 +219,10 @@ impl Target {
             Ok(larder) => Ok(Session::Local(Box::new(larder))),
             // A running server holds the chunk index: act through it, as the
             // data dir's admin.
-            Err(ServiceError::Store(StoreError::InUse(why))) => {
-                match running_server(&data_dir) {
-                    Some((url, token)) => Ok(Session::Remote(remote::Client::new(&url, Some(token)))),
-                    None => bail!("{why}"),
-                }
-            }
+            Err(ServiceError::Store(StoreError::InUse(why))) => match running_server(&data_dir) {
+                Some((url, token)) => Ok(Session::Remote(remote::Client::new(&url, Some(token)))),
+                None => bail!("{why}"),
+            },
             Err(e) => bail!("{e}"),
         }
     }
@@ -404,13 +402,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         retention_period,
                     };
                     let session = target.session(false)?;
-                    let cfg = match &session {
-                        Session::Remote(c) => c.configure_cache(&name, &patch)?,
-                        Session::Local(l) => svc(l.configure_cache(&admin, &name, &patch))?,
-                    };
                     if let Some(q) = &quota {
                         lifecycle::set_quota(&session, &name, q)?;
                     }
+                    let only_quota = quota.is_some() && patch.is_empty();
+                    let cfg = match &session {
+                        Session::Remote(c) if only_quota => c.cache_config(&name)?,
+                        Session::Local(l) if only_quota => svc(l.cache_config(&admin, &name))?,
+                        Session::Remote(c) => c.configure_cache(&name, &patch)?,
+                        Session::Local(l) => svc(l.configure_cache(&admin, &name, &patch))?,
+                    };
                     print_config(&name, &cfg, json)?;
                 }
                 CacheCommand::Destroy {

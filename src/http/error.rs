@@ -50,7 +50,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, name) = self.parts();
-        let message = if self.0.is_client_fault() || matches!(self.0, ServiceError::Damaged(_)) {
+        let message = if self.0.is_client_fault()
+            || matches!(
+                self.0,
+                ServiceError::Damaged(_) | ServiceError::InsufficientStorage(_)
+            ) {
             self.0.to_string()
         } else {
             "internal server error; see the server log".to_owned()

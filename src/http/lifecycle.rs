@@ -121,7 +121,9 @@ pub async fn usage(
     headers: HeaderMap,
 ) -> Result<Json<CacheUsage>, ApiError> {
     let who = caller(&l, &headers)?;
-    Ok(Json(blocking(&l, move |l| l.cache_usage(&who, &cache)).await?))
+    Ok(Json(
+        blocking(&l, move |l| l.cache_usage(&who, &cache)).await?,
+    ))
 }
 
 /// The body of `PUT /_api/v1/cache/{cache}/quota`.

@@ -73,10 +73,7 @@ fn references_of(narinfo: &str, own: &str) -> Vec<String> {
 impl Meta {
     /// Read everything a GC pass needs in one read transaction, handing every
     /// manifest (of NARs, staged NARs, S3 objects and S3 parts) to `manifest`.
-    pub fn gc_snapshot(
-        &self,
-        mut manifest: impl FnMut(&[u8]),
-    ) -> Result<GcSnapshot, MetaError> {
+    pub fn gc_snapshot(&self, mut manifest: impl FnMut(&[u8])) -> Result<GcSnapshot, MetaError> {
         let mut c = self.conn()?;
         let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let mut snap = GcSnapshot::default();
@@ -146,10 +143,12 @@ impl Meta {
     /// The manifest of a NAR row.
     pub fn nar_manifest(&self, nar_id: i64) -> Result<Option<Vec<u8>>, MetaError> {
         let c = self.conn()?;
-        Ok(c.query_row("SELECT manifest FROM nars WHERE id = ?1", [nar_id], |r| {
-            r.get(0)
-        })
-        .optional()?)
+        Ok(
+            c.query_row("SELECT manifest FROM nars WHERE id = ?1", [nar_id], |r| {
+                r.get(0)
+            })
+            .optional()?,
+        )
     }
 
     /// Remove paths (eviction or delete) in one transaction, with their pins, and
@@ -159,9 +158,8 @@ impl Meta {
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut removed = 0u64;
         {
-            let mut del = tx.prepare_cached(
-                "DELETE FROM objects WHERE cache_id = ?1 AND path_hash = ?2",
-            )?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM objects WHERE cache_id = ?1 AND path_hash = ?2")?;
             let mut unpin =
                 tx.prepare_cached("DELETE FROM pins WHERE cache_id = ?1 AND path_hash = ?2")?;
             for (cache_id, hash) in paths {

@@ -424,9 +424,7 @@ pub fn hold_manifest(larder: &Larder, manifest: &[u8]) -> S3ApiResult<crate::sto
         .store()
         .map_err(|e| S3ApiError::Internal(e.to_string()))?;
     store.hold_existing(&ids).map_err(|e| match e {
-        crate::store::StoreError::Missing(_) => {
-            S3ApiError::NoSuchKey
-        }
+        crate::store::StoreError::Missing(_) => S3ApiError::NoSuchKey,
         other => S3ApiError::Store(other),
     })
 }

@@ -256,14 +256,17 @@ pub(crate) async fn upload_part_copy(
     let (part, hold) = if whole && plain_md5 {
         // The whole source, by reference: its ETag is already the MD5.
         let hold = super::body::hold_manifest(&s3.larder, &src.row.manifest)?;
-        (PartRow {
-            part_number: number,
-            size: len,
-            etag: src.row.etag.clone(),
-            checksum: None,
-            modified_ms: now_ms(),
-            manifest: src.row.manifest.clone(),
-        }, hold)
+        (
+            PartRow {
+                part_number: number,
+                size: len,
+                etag: src.row.etag.clone(),
+                checksum: None,
+                modified_ms: now_ms(),
+                manifest: src.row.manifest.clone(),
+            },
+            hold,
+        )
     } else {
         // A slice (or a multipart source, whose part ETag must be the MD5 of its
         // bytes): stream it back through the chunker. Chunks inside the range cut
@@ -275,14 +278,17 @@ pub(crate) async fn upload_part_copy(
             let resolved = store.resolve(&manifest)?;
             let reader = RangeReader::new(l, &resolved, start, end);
             let (outcome, digest) = body::ingest_reader(l, reader)?;
-            Ok((PartRow {
-                part_number: number,
-                size: digest.len,
-                etag: md5_hex(&digest.md5),
-                checksum: None,
-                modified_ms: now_ms(),
-                manifest: outcome.manifest.encode(),
-            }, outcome.hold))
+            Ok((
+                PartRow {
+                    part_number: number,
+                    size: digest.len,
+                    etag: md5_hex(&digest.md5),
+                    checksum: None,
+                    modified_ms: now_ms(),
+                    manifest: outcome.manifest.encode(),
+                },
+                outcome.hold,
+            ))
         })
         .await?
     };

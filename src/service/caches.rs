@@ -117,7 +117,8 @@ pub struct CacheConfigPatch {
 }
 
 impl CacheConfigPatch {
-    fn is_empty(&self) -> bool {
+    /// True when it asks for no change.
+    pub fn is_empty(&self) -> bool {
         self.keypair.is_none()
             && self.is_public.is_none()
             && self.store_dir.is_none()

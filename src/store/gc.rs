@@ -320,7 +320,8 @@ impl ChunkStore {
         while i < records.len() {
             let mut j = i;
             let mut step = 0u64;
-            while j < records.len() && (j == i || step + record_bytes(&records[j].1) <= COMPACT_STEP_BYTES)
+            while j < records.len()
+                && (j == i || step + record_bytes(&records[j].1) <= COMPACT_STEP_BYTES)
             {
                 step += record_bytes(&records[j].1);
                 j += 1;

@@ -168,7 +168,10 @@ impl Index {
 
     /// Point entries at new locations, each only if it still names the old one,
     /// durably in one transaction.
-    pub(crate) fn repoint(&self, moves: &[(ChunkId, Location, Location)]) -> Result<(), StoreError> {
+    pub(crate) fn repoint(
+        &self,
+        moves: &[(ChunkId, Location, Location)],
+    ) -> Result<(), StoreError> {
         if moves.is_empty() {
             return Ok(());
         }

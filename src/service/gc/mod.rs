@@ -162,13 +162,14 @@ impl Larder {
                 .unwrap_or(0),
         };
         let mut manifest_err: Option<ServiceError> = None;
-        let evictions = plan::plan(&snap, &limits, &mut counts, &mut |nar_id| {
-            match self.meta.nar_manifest(nar_id) {
-                Ok(m) => m,
-                Err(e) => {
-                    manifest_err.get_or_insert(e.into());
-                    None
-                }
+        let evictions = plan::plan(&snap, &limits, &mut counts, &mut |nar_id| match self
+            .meta
+            .nar_manifest(nar_id)
+        {
+            Ok(m) => m,
+            Err(e) => {
+                manifest_err.get_or_insert(e.into());
+                None
             }
         });
         if let Some(e) = manifest_err {
@@ -238,7 +239,9 @@ impl Larder {
             if done.bytes_freed > 0 || done.records_moved > 0 {
                 report.packs_compacted += 1;
                 report.bytes_moved += done.bytes_moved;
-                stored = stored.saturating_sub(file_bytes).saturating_add(done.bytes_moved);
+                stored = stored
+                    .saturating_sub(file_bytes)
+                    .saturating_add(done.bytes_moved);
             }
         }
         drop(window);
@@ -279,7 +282,12 @@ impl Larder {
     }
 
     /// Refuse a NAR that can never fit: larger than the budget or the quota.
-    pub(crate) fn check_fits(&self, cache_id: i64, cache: &str, stored: u64) -> Result<(), ServiceError> {
+    pub(crate) fn check_fits(
+        &self,
+        cache_id: i64,
+        cache: &str,
+        stored: u64,
+    ) -> Result<(), ServiceError> {
         if let Some(max) = self.budget_bytes()? {
             if stored > max {
                 return Err(ServiceError::InsufficientStorage(format!(
@@ -389,7 +397,12 @@ impl Larder {
     }
 
     /// Unpin paths; returns how many were pinned.
-    pub fn unpin(&self, caller: &Caller, cache: &str, paths: &[String]) -> Result<u64, ServiceError> {
+    pub fn unpin(
+        &self,
+        caller: &Caller,
+        cache: &str,
+        paths: &[String],
+    ) -> Result<u64, ServiceError> {
         let row = self.authorize(caller, cache, Permission::ConfigureCache)?;
         let hashes = paths
             .iter()
@@ -449,7 +462,12 @@ impl Larder {
     }
 
     /// Set or clear a cache's quota (needs `configure-cache`).
-    pub fn set_quota(&self, caller: &Caller, cache: &str, bytes: Option<u64>) -> Result<(), ServiceError> {
+    pub fn set_quota(
+        &self,
+        caller: &Caller,
+        cache: &str,
+        bytes: Option<u64>,
+    ) -> Result<(), ServiceError> {
         let row = self.authorize(caller, cache, Permission::ConfigureCache)?;
         self.meta.set_quota(row.id, bytes)?;
         Ok(())

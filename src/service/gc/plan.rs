@@ -48,12 +48,9 @@ fn prefix(id: &[u8]) -> u64 {
 
 /// The (id, frame length) entries of an encoded manifest (40 bytes each).
 fn entries(manifest: &[u8]) -> impl Iterator<Item = (&[u8], u32)> {
-    manifest.chunks_exact(40).map(|e| {
-        (
-            &e[..32],
-            u32::from_le_bytes([e[36], e[37], e[38], e[39]]),
-        )
-    })
+    manifest
+        .chunks_exact(40)
+        .map(|e| (&e[..32], u32::from_le_bytes([e[36], e[37], e[38], e[39]])))
 }
 
 impl ChunkCounts {
@@ -91,7 +88,6 @@ impl ChunkCounts {
     pub fn live_bytes(&self) -> u64 {
         self.live_bytes
     }
-
 }
 
 /// What the plan needs besides the snapshot.
@@ -356,14 +352,20 @@ mod tests {
         (snap, nars)
     }
 
-    fn run(snap: &GcSnapshot, nars: &HashMap<i64, Vec<u8>>, limits: Limits) -> (Vec<String>, ChunkCounts) {
+    fn run(
+        snap: &GcSnapshot,
+        nars: &HashMap<i64, Vec<u8>>,
+        limits: Limits,
+    ) -> (Vec<String>, ChunkCounts) {
         let mut counts = ChunkCounts::default();
         for m in nars.values() {
             counts.add_manifest(m);
         }
         let ev = plan(snap, &limits, &mut counts, &mut |id| nars.get(&id).cloned());
         (
-            ev.into_iter().map(|e| e.store_path[44..].to_owned()).collect(),
+            ev.into_iter()
+                .map(|e| e.store_path[44..].to_owned())
+                .collect(),
             counts,
         )
     }

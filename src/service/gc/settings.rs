@@ -68,9 +68,11 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Option<Duration>, ConfigErro
     if is_none(s) {
         return Ok(None);
     }
-    humantime::parse_duration(s.trim())
-        .map(Some)
-        .map_err(|e| ConfigError::Invalid(format!("{key} {s:?}: {e} (write e.g. \"90d\", \"12h\", or \"none\")")))
+    humantime::parse_duration(s.trim()).map(Some).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "{key} {s:?}: {e} (write e.g. \"90d\", \"12h\", or \"none\")"
+        ))
+    })
 }
 
 /// A size such as "200G", "1.5TiB", "500MB"; units K, M, G, T are binary.
@@ -117,7 +119,10 @@ impl GcSettings {
             out.max_size = if is_none(m) {
                 None
             } else if m.trim().ends_with('%') {
-                Some(SizeBudget::PercentOfDisk(parse_percent("[gc] max_size", m)?))
+                Some(SizeBudget::PercentOfDisk(parse_percent(
+                    "[gc] max_size",
+                    m,
+                )?))
             } else {
                 let b = parse_bytes("[gc] max_size", m)?;
                 if b == 0 {

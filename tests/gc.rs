@@ -1,0 +1,392 @@
+//! The storage lifecycle with real Nix: delete and GC give the disk back,
+//! retention (set with Attic's own request) and the test clock, quotas and the
+//! size budget evict least recently used closures from the top, pins hold, a NAR
+//! that can never fit gets 507, and chunks shared by a NAR and an S3 object
+//! survive deleting either (`docs/design/gc.md`).
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::support::http;
+use crate::support::s3::S3Larder;
+use crate::support::server::{dir_bytes, parse_json, Cache, Launch};
+use crate::support::{Closure, Nix, Server};
+
+/// The hash part of a store path.
+fn hash_of(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+fn narinfo_status(server: &Server, cache: &Cache, path: &str) -> u16 {
+    http::get(
+        &cache.at(&format!("{}.narinfo", hash_of(path))),
+        server.auth(),
+    )
+    .status
+}
+
+fn push(nix: &Nix, server: &Server, cache: &Cache, c: &Closure) {
+    nix.copy_to(
+        &c.store,
+        &format!("{}?compression=zstd", cache.url),
+        &[&c.top],
+        Some(&nix.netrc(server.token())),
+    )
+    .ok();
+}
+
+/// Substitutes `path` (and its closure) from the cache into a fresh store.
+fn substitutes(nix: &Nix, server: &Server, cache: &Cache, path: &str, store: &str) -> bool {
+    let out = nix.substitute(
+        &nix.store(store),
+        path,
+        &cache.url,
+        &cache.public_key,
+        Some(&nix.netrc(server.token())),
+    );
+    out.success()
+}
+
+/// A closure of its own (each `Nix` environment salts its derivations).
+fn closure(test: &str, blob: usize) -> (Nix, Closure) {
+    let nix = Nix::new(test);
+    let c = nix.closure("src", blob);
+    (nix, c)
+}
+
+fn gc(server: &Server) -> serde_json::Value {
+    parse_json(&server.remote(&["gc", "--json"]).ok())
+}
+
+fn pack_bytes(server: &Server) -> u64 {
+    dir_bytes(&server.data_dir().join("packs"))
+}
+
+fn config_file(dir: &Path, text: &str) -> String {
+    let p = dir.join("larder.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn delete_then_gc_gives_the_bytes_back_and_keeps_the_rest() {
+    let server = Server::start();
+    let cache = server.create_cache("main", false);
+    let (dn, doomed) = closure("gc-doomed", 8 << 20);
+    let (nix, kept) = closure("gc-kept", 8 << 20);
+    push(&dn, &server, &cache, &doomed);
+    push(&nix, &server, &cache, &kept);
+    let before = pack_bytes(&server);
+
+    // Without the delete permission: refused, nothing gone.
+    let pusher = server
+        .remote(&[
+            "token",
+            "create",
+            "--sub",
+            "ci",
+            "--validity",
+            "1d",
+            "--push",
+            "main",
+            "--pull",
+            "main",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let out = crate::support::server::larder(
+        &[
+            "path",
+            "delete",
+            "main",
+            &doomed.top,
+            "--server",
+            server.url(),
+            "--token",
+            &pusher,
+        ],
+        &[],
+    );
+    assert!(
+        !out.success(),
+        "a push token deleted a path: {}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("delete"), "{}", out.describe());
+    assert_eq!(narinfo_status(&server, &cache, &doomed.top), 200);
+
+    let out = server
+        .remote(&[
+            "path",
+            "delete",
+            "main",
+            &doomed.top,
+            &doomed.mid,
+            &doomed.leaf,
+        ])
+        .ok();
+    assert!(out.stdout.contains("deleted 3 paths"), "{}", out.describe());
+    for p in &doomed.paths {
+        assert_eq!(narinfo_status(&server, &cache, p), 404, "{p} still served");
+    }
+    // Gone from the narinfo view at once, bytes still on disk until GC.
+    assert!(pack_bytes(&server) >= before);
+
+    let dry = parse_json(&server.remote(&["gc", "--dry-run", "--json"]).ok());
+    assert_eq!(dry["dry_run"], json!(true));
+    assert!(dry["bytes_reclaimed"].as_u64().unwrap() > 7 << 20, "{dry}");
+    assert!(pack_bytes(&server) >= before, "a dry run changed the disk");
+
+    let report = gc(&server);
+    assert!(
+        report["bytes_reclaimed"].as_u64().unwrap() > 7 << 20,
+        "{report}"
+    );
+    assert!(report["packs_compacted"].as_u64().unwrap() >= 1, "{report}");
+    let after = pack_bytes(&server);
+    assert!(
+        after + (7 << 20) < before,
+        "the packs did not shrink: {before} -> {after} bytes ({report})"
+    );
+
+    // The rest is whole: substitutes into a fresh store; verify is clean, run on
+    // the data dir of the running server.
+    assert!(substitutes(&nix, &server, &cache, &kept.top, "fresh"));
+    let v = server.local(&["verify", "--json"]).ok();
+    assert_eq!(parse_json(&v)["nars_damaged"], json!(0), "{}", v.describe());
+    let stats = parse_json(&server.local(&["stats", "--json"]).ok());
+    let lc = &stats["lifecycle"];
+    assert_eq!(lc["last_gc"]["paths_evicted"], json!(0), "{stats}");
+    assert!(lc["stored_bytes"].as_u64().unwrap() <= after, "{stats}");
+    // Pushing the deleted closure again stores it again.
+    push(&dn, &server, &cache, &doomed);
+    assert!(substitutes(&dn, &server, &cache, &doomed.top, "again"));
+}
+
+#[test]
+fn retention_set_by_attic_evicts_what_nobody_fetched() {
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(clock.path(), "0").unwrap();
+    let clock_path = clock.path().display().to_string();
+    let server = Server::start_with_extra(
+        Launch::Flags,
+        &[],
+        &[("LARDER_TEST_CLOCK_OFFSET_FILE", &clock_path)],
+    );
+    let cache = server.create_cache("short", false);
+    let forever = server.create_cache("forever", false);
+    let (on, old) = closure("gc-old", 1 << 20);
+    let (nix, used) = closure("gc-used", 1 << 20);
+    push(&on, &server, &cache, &old);
+    push(&nix, &server, &cache, &used);
+    push(&on, &server, &forever, &old);
+
+    // The exact request `attic cache configure short --retention-period 1d` sends.
+    let r = http::request(
+        "PATCH",
+        &format!("{}/_api/v1/cache-config/short", server.url()),
+        server.auth(),
+        &[("Content-Type", "application/json")],
+        Some(
+            json!({"retention_period": {"Period": 86400}})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Nothing is old yet.
+    assert_eq!(gc(&server)["paths_evicted"], json!(0));
+    // Two days later, `used`'s top is fetched; `old` is not.
+    std::fs::write(clock.path(), "172800").unwrap();
+    assert_eq!(narinfo_status(&server, &cache, &used.top), 200);
+    let report = gc(&server);
+    assert_eq!(report["evicted_for_retention"], json!(3), "{report}");
+    for p in &old.paths {
+        assert_eq!(narinfo_status(&server, &cache, p), 404, "{p} kept");
+        // The cache without retention keeps its copy (and the shared NARs).
+        assert_eq!(narinfo_status(&server, &forever, p), 200, "{p} lost");
+    }
+    // The fetched top keeps its references, pushed as long ago as `old`.
+    for p in &used.paths {
+        assert_eq!(narinfo_status(&server, &cache, p), 200, "{p} evicted");
+    }
+    assert!(substitutes(&nix, &server, &cache, &used.top, "used"));
+    assert!(substitutes(&on, &server, &forever, &old.top, "old"));
+}
+
+#[test]
+fn quota_and_budget_evict_lru_closures_from_the_top_and_pins_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        dir.path(),
+        "[gc]\ninterval = \"none\"\nmax_size = \"14M\"\nlow_water = \"90%\"\n",
+    );
+    // Pushes within one second are equally recent: the test clock moves a minute
+    // between them so "least recently used" has one answer.
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, "0").unwrap();
+    let tick = |minutes: u64| std::fs::write(&clock, (minutes * 60).to_string()).unwrap();
+    let clock_env = clock.display().to_string();
+    let server = Server::start_with_extra(
+        Launch::Flags,
+        &["--config", &cfg],
+        &[("LARDER_TEST_CLOCK_OFFSET_FILE", &clock_env)],
+    );
+    let cache = server.create_cache("team", false);
+    let (pn, pinned) = closure("gc-pinned", 4 << 20);
+    let (an, a) = closure("gc-a", 4 << 20);
+    let (bn, b) = closure("gc-b", 4 << 20);
+    let nix = Nix::new("gc-quota");
+    push(&pn, &server, &cache, &pinned);
+    let out = server
+        .remote(&["pin", "add", "team", &pinned.top, "--closure"])
+        .ok();
+    assert!(out.stdout.contains("pinned 3 paths"), "{}", out.describe());
+    let listed = parse_json(&server.remote(&["pin", "list", "team", "--json"]).ok());
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    tick(1);
+    push(&an, &server, &cache, &a);
+    tick(2);
+    push(&bn, &server, &cache, &b);
+    // ~12 MiB stored, under the 14M budget: nothing goes.
+    assert_eq!(gc(&server)["paths_evicted"], json!(0));
+
+    // A quota of 9M on the cache: the least recently used unpinned closure (a)
+    // goes from the top; b and the pinned closure stay whole.
+    server
+        .remote(&["cache", "configure", "team", "--quota", "9M"])
+        .ok();
+    let report = gc(&server);
+    assert!(
+        report["evicted_for_quota"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    assert_eq!(narinfo_status(&server, &cache, &a.top), 404, "{report}");
+    assert_eq!(narinfo_status(&server, &cache, &a.mid), 404, "{report}");
+    for c in [&pinned, &b] {
+        for p in &c.paths {
+            assert_eq!(narinfo_status(&server, &cache, p), 200, "{p}: {report}");
+        }
+    }
+    let info = server.cache_info("team");
+    assert_eq!(info["usage"]["quota_bytes"], json!(9 << 20), "{info}");
+
+    // Past the global budget too (two more closures of 4 MiB, quota lifted): the
+    // budget evicts b, the least recently used, never the pinned closure, and
+    // never a reference of a surviving path. (A push over the budget may start a
+    // pass by itself; the explicit one below finds the state either way.)
+    server
+        .remote(&["cache", "configure", "team", "--quota", "none"])
+        .ok();
+    let (cn, c) = closure("gc-c", 4 << 20);
+    let (dn, d) = closure("gc-d", 4 << 20);
+    tick(3);
+    push(&cn, &server, &cache, &c);
+    tick(4);
+    push(&dn, &server, &cache, &d);
+    let report = gc(&server);
+    assert_eq!(narinfo_status(&server, &cache, &b.top), 404, "{report}");
+    assert_eq!(narinfo_status(&server, &cache, &d.top), 200, "{report}");
+    for p in &pinned.paths {
+        assert_eq!(
+            narinfo_status(&server, &cache, p),
+            200,
+            "pinned {p}: {report}"
+        );
+    }
+    assert!(
+        report["live_bytes"].as_u64().unwrap() <= 14 << 20,
+        "{report}"
+    );
+    // Every surviving top substitutes with its whole closure.
+    for (i, (n, top)) in [
+        (&pn, &pinned.top),
+        (&bn, &b.top),
+        (&cn, &c.top),
+        (&dn, &d.top),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if narinfo_status(&server, &cache, top) == 200 {
+            assert!(
+                substitutes(n, &server, &cache, top, &format!("s{i}")),
+                "{top} is served but does not substitute"
+            );
+        }
+    }
+
+    // A NAR larger than the whole budget can never fit: 507 with the reason.
+    let big = nix.add_big_file(&nix.store("big"), 20, 0);
+    let out = nix.copy_to(
+        &nix.store("big"),
+        &format!("{}?compression=none", cache.url),
+        &[&big],
+        Some(&nix.netrc(server.token())),
+    );
+    assert!(!out.success(), "a 20 MiB NAR was taken into a 14M budget");
+    let r = http::put(
+        &cache.at("nar/toolarge.nar"),
+        server.auth(),
+        "application/x-nix-nar",
+        &nix.dump(&nix.store("big"), &big),
+    );
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert!(r.text().contains("budget"), "{}", r.text());
+    // The pinned closure is still whole after all that.
+    assert!(substitutes(&pn, &server, &cache, &pinned.top, "end"));
+}
+
+#[test]
+fn a_chunk_shared_by_a_nar_and_an_s3_object_survives_deleting_either() {
+    let s3 = S3Larder::start();
+    let server = &s3.server;
+    let cache = server.create_cache("shared", false);
+    let nix = Nix::new("gc-s3");
+    let c = nix.closure("src", 6 << 20);
+    push(&nix, server, &cache, &c);
+    // The same random blob as an S3 object: its chunks are the NAR's.
+    let blob = c
+        .store
+        .join(c.mid.trim_start_matches('/'))
+        .join("share/deep/er/blob");
+    let bytes = std::fs::read(&blob).unwrap();
+    s3.aws(&s3.admin, &["s3", "mb", "s3://bucket"]).ok();
+    s3.aws(
+        &s3.admin,
+        &["s3", "cp", blob.to_str().unwrap(), "s3://bucket/blob"],
+    )
+    .ok();
+    let before = server.stats();
+
+    // Delete the Nix paths and collect: the object's chunks stay.
+    server
+        .remote(&["path", "delete", "shared", &c.top, &c.mid, &c.leaf])
+        .ok();
+    let report = gc(server);
+    assert!(
+        report["bytes_reclaimed"].as_u64().unwrap() < 1 << 20,
+        "the object's chunks were counted dead: {report}"
+    );
+    let got = s3.work().join("got");
+    s3.aws(
+        &s3.admin,
+        &["s3", "cp", "s3://bucket/blob", got.to_str().unwrap()],
+    )
+    .ok();
+    assert!(std::fs::read(&got).unwrap() == bytes, "the object changed");
+
+    // Push the closure again, delete the object and collect: the NAR stays whole.
+    push(&nix, server, &cache, &c);
+    s3.aws(&s3.admin, &["s3", "rm", "s3://bucket/blob"]).ok();
+    gc(server);
+    assert!(substitutes(&nix, server, &cache, &c.top, "after"));
+    let v = server.remote(&["verify", "--json"]).ok();
+    assert_eq!(parse_json(&v)["nars_damaged"], json!(0), "{}", v.describe());
+    let after = server.stats();
+    assert!(after.chunks <= before.chunks, "{before:?} -> {after:?}");
+}
