@@ -390,3 +390,118 @@ fn a_chunk_shared_by_a_nar_and_an_s3_object_survives_deleting_either() {
     let after = server.stats();
     assert!(after.chunks <= before.chunks, "{before:?} -> {after:?}");
 }
+
+/// Rounds of the crash loop: `LARDER_GC_CRASH_ROUNDS` (bench/gc-crash.sh runs
+/// many), 3 by default in the suite.
+fn crash_rounds() -> usize {
+    std::env::var("LARDER_GC_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+#[test]
+fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("crash loop seed {seed}");
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Compact eagerly so passes rewrite packs often.
+    let cfg = config_file(
+        dir.path(),
+        "[gc]\ninterval = \"none\"\ncompact_below = \"95%\"\n",
+    );
+    let mut server = Server::start_with_extra(Launch::Flags, &["--config", &cfg], &[]);
+    server.create_cache("crash", false);
+    // Closures whose push was acknowledged and not deleted since.
+    let mut live: Vec<(Nix, Closure)> = Vec::new();
+    for round in 0..crash_rounds() {
+        let cache = server.cache("crash");
+        for k in 0..2 {
+            let (n, c) = closure(&format!("crash-{round}-{k}"), 1 << 20);
+            push(&n, &server, &cache, &c);
+            live.push((n, c));
+        }
+        // Delete the oldest live closure so the pass has something to collect.
+        let (_, gone) = live.remove(0);
+        server
+            .remote(&["path", "delete", "crash", &gone.top, &gone.mid, &gone.leaf])
+            .ok();
+        // Concurrent pushes and passes, then kill -9 at a random instant.
+        let mut pushes: Vec<(Nix, Closure, crate::support::process::Running)> = Vec::new();
+        for k in 0..2 {
+            let (n, c) = closure(&format!("crash-{round}-late{k}"), 1 << 20);
+            let netrc = n.netrc(server.token());
+            let running = n.spawn_copy_to(
+                &c.store,
+                &format!("{}?compression=zstd", cache.url),
+                &[&c.top],
+                Some(&netrc),
+            );
+            pushes.push((n, c, running));
+        }
+        let url = server.url().to_string();
+        let token = server.token().to_string();
+        let passes = std::thread::spawn(move || {
+            for _ in 0..5 {
+                let out = crate::support::server::larder(
+                    &["gc", "--server", &url, "--token", &token],
+                    &[],
+                );
+                if !out.success() {
+                    break;
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(next(600)));
+        // A push that finished successfully before the kill was acknowledged.
+        let mut acked = Vec::new();
+        for (n, c, mut running) in pushes {
+            let done = running.finished();
+            let out = running.wait(std::time::Duration::from_secs(120));
+            if done && out.success() {
+                acked.push((n, c));
+            }
+        }
+        server.kill9();
+        let _ = passes.join();
+        live.extend(acked);
+        server.start_again();
+        let cache = server.cache("crash");
+        let v = server.local(&["verify", "--json"]).ok();
+        assert_eq!(
+            parse_json(&v)["nars_damaged"],
+            json!(0),
+            "round {round} (seed {seed}): {}",
+            v.describe()
+        );
+        for (n, c) in &live {
+            for p in &c.paths {
+                assert_eq!(
+                    narinfo_status(&server, &cache, p),
+                    200,
+                    "round {round} (seed {seed}): {p} lost"
+                );
+            }
+            assert!(
+                substitutes(n, &server, &cache, &c.top, &format!("r{round}")),
+                "round {round} (seed {seed}): {} does not substitute",
+                c.top
+            );
+        }
+    }
+    // One more pass with no crash leaves nothing reclaimable behind.
+    let report = gc(&server);
+    let again = gc(&server);
+    assert_eq!(again["chunks_reclaimed"], json!(0), "{report} then {again}");
+}

@@ -292,29 +292,47 @@ impl ChunkStore {
         Ok(self.backend.segments()?.iter().map(|(_, b)| b).sum())
     }
 
-    /// Move the indexed records of a sealed pack into the open pack, repoint the
-    /// index, and retire the old pack.
-    pub fn compact(&self, segment: u32) -> Result<CompactOutcome, StoreError> {
-        if self.backend.open_segment() == Some(segment)
-            || self.inflight.segments()?.contains(&segment)
-        {
-            return Ok(CompactOutcome::default());
+    /// Move the indexed records of sealed packs into the open pack, repoint the
+    /// index, and retire the old packs. One index scan finds the records of all
+    /// of them; a pack that is open, or holds records of an upload in progress,
+    /// is skipped (its outcome is all zero).
+    pub fn compact(&self, segments: &[u32]) -> Result<Vec<(u32, CompactOutcome)>, StoreError> {
+        let open = self.backend.open_segment();
+        let busy = self.inflight.segments()?;
+        let sizes: HashMap<u32, u64> = self.backend.segments()?.into_iter().collect();
+        let wanted: HashSet<u32> = segments
+            .iter()
+            .copied()
+            .filter(|s| Some(*s) != open && !busy.contains(s))
+            .collect();
+        let mut records: HashMap<u32, Vec<(ChunkId, Location)>> = HashMap::new();
+        if !wanted.is_empty() {
+            self.index.for_each(|id, loc| {
+                if wanted.contains(&loc.segment) {
+                    records.entry(loc.segment).or_default().push((*id, loc));
+                }
+                Ok(())
+            })?;
         }
-        let file_bytes = self
-            .backend
-            .segments()?
-            .into_iter()
-            .find(|(s, _)| *s == segment)
-            .map(|(_, b)| b)
-            .unwrap_or(0);
-        let mut records: Vec<(ChunkId, Location)> = Vec::new();
-        self.index.for_each(|id, loc| {
-            if loc.segment == segment {
-                records.push((*id, loc));
+        let mut out = Vec::with_capacity(segments.len());
+        for &segment in segments {
+            if !wanted.contains(&segment) {
+                out.push((segment, CompactOutcome::default()));
+                continue;
             }
-            Ok(())
-        })?;
-        records.sort_by_key(|(_, l)| l.offset);
+            let mut recs = records.remove(&segment).unwrap_or_default();
+            recs.sort_by_key(|(_, l)| l.offset);
+            let mut done = self.move_records(&recs)?;
+            self.retire(segment)?;
+            done.bytes_freed = sizes.get(&segment).copied().unwrap_or(0);
+            out.push((segment, done));
+        }
+        Ok(out)
+    }
+
+    /// Copy records (checked on the way) to the open pack, sync, and repoint
+    /// each index entry that still names the old place, a step at a time.
+    fn move_records(&self, records: &[(ChunkId, Location)]) -> Result<CompactOutcome, StoreError> {
         let mut out = CompactOutcome::default();
         let mut i = 0;
         while i < records.len() {
@@ -352,8 +370,6 @@ impl ChunkStore {
             out.bytes_moved += step;
             i = j;
         }
-        self.retire(segment)?;
-        out.bytes_freed = file_bytes;
         Ok(out)
     }
 
@@ -402,5 +418,145 @@ impl ChunkStore {
     /// Retired packs still waiting for readers to finish.
     pub fn retired_waiting(&self) -> usize {
         self.epochs.retired.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn ids(m: &crate::store::Manifest) -> HashSet<ChunkId> {
+        m.chunks.iter().map(|c| c.id).collect()
+    }
+
+    fn pack_count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("packs")).unwrap().count()
+    }
+
+    #[test]
+    fn a_sweep_never_takes_a_held_or_touched_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open_local(dir.path(), 3).unwrap();
+        let a = store.ingest(&data(1_000_000, 1)[..]).unwrap();
+        let b = store.ingest(&data(1_000_000, 2)[..]).unwrap();
+        let b_ids = ids(&b.manifest);
+        drop(b);
+        // `a` is still held (its manifest "not committed yet"); `b` is not.
+        let window = store.open_window().unwrap();
+        // An upload that starts during the window and finds `b`'s chunks (a
+        // dedup hit) touches them.
+        let again = store.ingest(&data(1_000_000, 2)[..]).unwrap();
+        assert_eq!(again.new_chunks, 0);
+        drop(again);
+        let swept = store.sweep(&window, |_| false, false).unwrap();
+        assert_eq!(swept.chunks, 0, "held or touched chunks were swept");
+        drop(window);
+        // A new pass with nothing held takes `b` but not `a`.
+        let window = store.open_window().unwrap();
+        let swept = store.sweep(&window, |_| false, false).unwrap();
+        assert_eq!(swept.chunks as usize, b_ids.len());
+        drop(window);
+        assert_eq!(store.read_all(&a.manifest).unwrap(), data(1_000_000, 1));
+        assert!(store
+            .index
+            .get_many(&b_ids.into_iter().collect::<Vec<_>>())
+            .unwrap()
+            .iter()
+            .all(Option::is_none));
+        // hold_existing refuses what is gone.
+        let m = store.ingest(&data(10_000, 3)[..]).unwrap();
+        let id = m.manifest.chunks[0].id;
+        drop(m);
+        let w = store.open_window().unwrap();
+        store.sweep(&w, |_| false, false).unwrap();
+        drop(w);
+        assert!(matches!(
+            store.hold_existing(&[id]),
+            Err(StoreError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn compaction_moves_live_records_and_waits_for_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open_local(dir.path(), 3).unwrap();
+        let keep_bytes = data(2_000_000, 5);
+        let keep = store.ingest(&keep_bytes[..]).unwrap();
+        let gone = store.ingest(&data(2_000_000, 6)[..]).unwrap();
+        let live = ids(&keep.manifest);
+        drop((gone, keep.hold.clone()));
+        let manifest = keep.manifest.clone();
+        drop(keep);
+        // A download resolved before the compaction.
+        let early = store.resolve(&manifest).unwrap();
+        let w = store.open_window().unwrap();
+        store.sweep(&w, |id| live.contains(id), false).unwrap();
+        let usage = store.pack_usage(None).unwrap();
+        assert_eq!(usage.len(), 1);
+        let old = usage[0].segment;
+        assert!(usage[0].busy, "the open pack is busy");
+        store.seal_open_pack().unwrap();
+        let done = store.compact(&[old]).unwrap();
+        drop(w);
+        assert!(done[0].1.records_moved as usize >= live.len());
+        // The early reader still reads the old pack; it is only unlinked after.
+        assert_eq!(pack_count(dir.path()), 2);
+        let mut got = Vec::new();
+        store
+            .read_raw_range(&early, 0, u64::MAX, |b| {
+                got.extend_from_slice(&b);
+                true
+            })
+            .unwrap();
+        assert!(got == keep_bytes);
+        drop(early);
+        store.reap_retired().unwrap();
+        assert_eq!(pack_count(dir.path()), 1);
+        assert!(store.read_all(&manifest).unwrap() == keep_bytes);
+        assert!(store.stored_bytes().unwrap() < 2_200_000);
+    }
+
+    #[test]
+    fn a_pack_waits_for_readers_of_every_earlier_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open_local(dir.path(), 3).unwrap();
+        let a = store.ingest(&data(300_000, 7)[..]).unwrap().manifest;
+        store.seal_open_pack().unwrap();
+        let b = store.ingest(&data(300_000, 8)[..]).unwrap().manifest;
+        store.seal_open_pack().unwrap();
+        // One reader resolved both packs before either moved.
+        let both = [store.resolve(&a).unwrap(), store.resolve(&b).unwrap()];
+        let segs: Vec<u32> = store
+            .pack_usage(None)
+            .unwrap()
+            .iter()
+            .map(|u| u.segment)
+            .collect();
+        assert_eq!(segs.len(), 2);
+        store.compact(&segs[..1]).unwrap();
+        store.compact(&segs[1..]).unwrap();
+        store.reap_retired().unwrap();
+        assert_eq!(
+            store.retired_waiting(),
+            2,
+            "a pack went while an early reader lived"
+        );
+        drop(both);
+        store.reap_retired().unwrap();
+        assert_eq!(store.retired_waiting(), 0);
+        assert_eq!(store.read_all(&a).unwrap(), data(300_000, 7));
+        assert_eq!(store.read_all(&b).unwrap(), data(300_000, 8));
     }
 }

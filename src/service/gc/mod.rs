@@ -222,26 +222,28 @@ impl Larder {
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut stored = report.stored_bytes_before;
         let target = max_bytes.map(|m| (m as f64 * self.config.gc.low_water) as u64);
+        let mut chosen: Vec<u32> = Vec::new();
         for (frac, segment, file_bytes) in candidates {
             let over_budget = target.is_some_and(|t| stored > t);
             if frac >= self.config.gc.compact_below && !over_budget {
                 continue;
             }
-            if dry {
-                report.packs_compacted += 1;
-                continue;
-            }
-            if Some(segment) == open {
+            chosen.push(segment);
+            // What rewriting it gives back, about.
+            stored = stored.saturating_sub((file_bytes as f64 * (1.0 - frac)) as u64);
+        }
+        if dry {
+            report.packs_compacted = chosen.len() as u64;
+        } else if !chosen.is_empty() {
+            if open.is_some_and(|o| chosen.contains(&o)) {
                 // The pack being appended to: seal it so it can be rewritten.
                 store.seal_open_pack()?;
             }
-            let done = store.compact(segment)?;
-            if done.bytes_freed > 0 || done.records_moved > 0 {
-                report.packs_compacted += 1;
-                report.bytes_moved += done.bytes_moved;
-                stored = stored
-                    .saturating_sub(file_bytes)
-                    .saturating_add(done.bytes_moved);
+            for (_, done) in store.compact(&chosen)? {
+                if done.bytes_freed > 0 || done.records_moved > 0 {
+                    report.packs_compacted += 1;
+                    report.bytes_moved += done.bytes_moved;
+                }
             }
         }
         drop(window);
