@@ -505,3 +505,30 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
     let again = gc(&server);
     assert_eq!(again["chunks_reclaimed"], json!(0), "{report} then {again}");
 }
+
+#[test]
+fn a_scheduled_pass_runs_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), "[gc]\ninterval = \"1s\"\n");
+    let server = Server::start_with_extra(Launch::Flags, &["--config", &cfg], &[]);
+    let cache = server.create_cache("sched", false);
+    let (nix, c) = closure("gc-sched", 2 << 20);
+    push(&nix, &server, &cache, &c);
+    server
+        .remote(&["path", "delete", "sched", &c.top, &c.mid, &c.leaf])
+        .ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stats = parse_json(&server.remote(&["stats", "--json"]).ok());
+        let last = &stats["lifecycle"]["last_gc"];
+        if last["chunks_reclaimed"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(stats["chunks"], json!(0), "{stats}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pass reclaimed the deleted closure within 30 s: {stats}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -50,6 +50,7 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     println!("{}: valid", a.file.display());
     println!("  listen:     {}", config.listen);
     println!("  data dir:   {}", config.data_dir.display());
+    println!("  gc:         {}", gc_summary(&config.gc));
     if let Some(t) = &config.tls {
         let addrs: Vec<String> = t.listen.iter().map(|a| a.to_string()).collect();
         println!("  tls listen: {}", addrs.join(", "));
@@ -81,4 +82,23 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `[gc]` in one line: schedule, budget, retention.
+fn gc_summary(g: &larder::service::gc::GcSettings) -> String {
+    use larder::service::gc::SizeBudget;
+    let every = g
+        .interval
+        .map(|d| format!("every {}", humantime::format_duration(d)))
+        .unwrap_or_else(|| "on demand only".into());
+    let budget = match g.max_size {
+        None => "no size budget".to_owned(),
+        Some(SizeBudget::Bytes(b)) => format!("budget {b} bytes"),
+        Some(SizeBudget::PercentOfDisk(p)) => format!("budget {:.0}% of the disk", p * 100.0),
+    };
+    let retention = g
+        .default_retention
+        .map(|d| format!("default retention {}", humantime::format_duration(d)))
+        .unwrap_or_else(|| "kept until evicted".into());
+    format!("{every}, {budget}, {retention}")
 }

@@ -52,6 +52,12 @@ pub struct GcReport {
     pub packs_compacted: u64,
     pub bytes_moved: u64,
     /// Pack bytes on disk before and after.
+    /// Time spent marking (the SQLite snapshot) and sweeping the index.
+    #[serde(default)]
+    pub mark_sweep_ms: u64,
+    /// Time spent rewriting packs.
+    #[serde(default)]
+    pub compact_ms: u64,
     pub stored_bytes_before: u64,
     pub stored_bytes_after: u64,
     /// Record bytes of the chunks still live after the pass.
@@ -146,6 +152,7 @@ impl Larder {
         report.max_bytes = max_bytes;
 
         // Mark (inside the hold window), then plan evictions on the counts.
+        let mark_started = Instant::now();
         let window = store.open_window()?;
         let mut counts = ChunkCounts::default();
         let snap = self.meta.gc_snapshot(|m| counts.add_manifest(m))?;
@@ -201,6 +208,8 @@ impl Larder {
         let swept = store.sweep(&window, |id| counts.is_live(id), dry)?;
         report.chunks_reclaimed = swept.chunks;
         report.bytes_reclaimed = swept.bytes;
+        report.mark_sweep_ms = mark_started.elapsed().as_millis() as u64;
+        let compact_started = Instant::now();
 
         // Compact sparse packs (dry: count the ones that would be).
         let is_live = |id: &[u8; 32]| counts.is_live(id);
@@ -246,6 +255,7 @@ impl Larder {
                 }
             }
         }
+        report.compact_ms = compact_started.elapsed().as_millis() as u64;
         drop(window);
         report.stored_bytes_after = store.stored_bytes()?;
         report.duration_ms = started.elapsed().as_millis() as u64;

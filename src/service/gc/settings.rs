@@ -45,7 +45,7 @@ pub struct GcSettings {
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LOW_WATER: f64 = 0.9;
-pub const DEFAULT_COMPACT_BELOW: f64 = 0.6;
+pub const DEFAULT_COMPACT_BELOW: f64 = 0.8;
 
 impl Default for GcSettings {
     fn default() -> Self {
