@@ -532,3 +532,54 @@ fn a_scheduled_pass_runs_by_itself() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_chunk_shared_by_a_kept_nar_and_a_deleted_nar_survives() {
+    let server = Server::start();
+    let cache = server.create_cache("pair", false);
+    let nix = Nix::new("gc-pair");
+    let store = nix.store("src");
+    // Two different files (so two different NARs) that share 4 MiB of content,
+    // so most of their chunks are the same.
+    let shared = crate::support::s3::random_bytes(4 << 20, 42);
+    let one = nix.dir().join("one");
+    let two = nix.dir().join("two");
+    std::fs::write(&one, &shared).unwrap();
+    let mut longer = shared.clone();
+    longer.extend_from_slice(&crate::support::s3::random_bytes(1 << 20, 43));
+    std::fs::write(&two, &longer).unwrap();
+    let add = |f: &Path| {
+        nix.run(
+            "nix-store",
+            &[
+                "--store",
+                store.to_str().unwrap(),
+                "--add",
+                f.to_str().unwrap(),
+            ],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+    };
+    let (a, b) = (add(&one), add(&two));
+    let to = format!("{}?compression=zstd", cache.url);
+    nix.copy_to(&store, &to, &[&a, &b], Some(&nix.netrc(server.token())))
+        .ok();
+    let before = server.stats();
+    server.remote(&["path", "delete", "pair", &a]).ok();
+    let report = gc(&server);
+    assert!(
+        report["bytes_reclaimed"].as_u64().unwrap() < 1 << 20,
+        "chunks of the kept NAR were counted dead: {report}"
+    );
+    assert!(
+        server.stats().chunks < before.chunks,
+        "nothing was swept: {report}"
+    );
+    assert_eq!(narinfo_status(&server, &cache, &a), 404);
+    assert!(substitutes(&nix, &server, &cache, &b, "kept"));
+    let v = server.remote(&["verify", "--json"]).ok();
+    assert_eq!(parse_json(&v)["nars_damaged"], json!(0), "{}", v.describe());
+}
