@@ -19,6 +19,7 @@ mod client;
 mod dedup;
 mod durability;
 mod harness;
+mod nix_eval;
 mod nix_files;
 mod s3;
 mod side_files;
