@@ -373,3 +373,38 @@ fn module_knows_every_config_key_larder_has() {
     let listed: BTreeSet<String> = tables.as_object().unwrap().keys().cloned().collect();
     assert_eq!(listed, all_tables);
 }
+
+/// flake.lock pins the branch flake.nix names, to one revision with its hash, and
+/// has no other input.
+#[test]
+fn flake_lock_pins_nixos_25_11() {
+    let flake = std::fs::read_to_string(repo().join("flake.nix")).unwrap();
+    assert!(flake.contains(r#"inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";"#));
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("flake.lock")).unwrap()).unwrap();
+    assert_eq!(lock["version"], 7);
+    let nodes = lock["nodes"].as_object().unwrap();
+    assert_eq!(
+        nodes.keys().collect::<Vec<_>>(),
+        ["nixpkgs", "root"],
+        "{lock}"
+    );
+    assert_eq!(lock["nodes"]["root"]["inputs"]["nixpkgs"], "nixpkgs");
+    let n = &lock["nodes"]["nixpkgs"];
+    assert_eq!(n["original"]["ref"], "nixos-25.11");
+    assert_eq!(n["original"]["type"], "github");
+    assert_eq!(n["locked"]["type"], "github");
+    assert_eq!(n["locked"]["owner"], "NixOS");
+    assert_eq!(n["locked"]["repo"], "nixpkgs");
+    let rev = n["locked"]["rev"].as_str().unwrap();
+    assert!(
+        rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+        "{rev}"
+    );
+    let nar_hash = n["locked"]["narHash"].as_str().unwrap();
+    assert!(
+        nar_hash.starts_with("sha256-") && nar_hash.len() == 51,
+        "{nar_hash}"
+    );
+    assert!(n["locked"]["lastModified"].as_u64().unwrap() > 1_750_000_000);
+}
