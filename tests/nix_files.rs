@@ -408,3 +408,12 @@ fn flake_lock_pins_nixos_25_11() {
     );
     assert!(n["locked"]["lastModified"].as_u64().unwrap() > 1_750_000_000);
 }
+
+/// The script that sets up the evaluating Nix (tests/nix_eval.rs) passes shellcheck.
+#[test]
+fn setup_eval_nix_passes_shellcheck() {
+    run(Command::new("shellcheck")
+        .arg("-x")
+        .arg(repo().join("tests/setup-eval-nix.sh")))
+    .ok();
+}

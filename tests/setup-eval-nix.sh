@@ -33,6 +33,11 @@ else
     say "the NixOS evaluation tests (nix_eval_*) will be SKIPPED"
 fi
 
+# One setup at a time per cache (several checkouts may share it).
+mkdir -p "$cache"
+exec 9>"$cache/eval-nix.lock"
+flock 9
+
 if [ -x "$wrapper" ] && "$wrapper" --version 2>/dev/null | grep -qF "nix (Nix) $version"; then
     echo "$wrapper"
     exit 0
@@ -88,16 +93,11 @@ export APT_CONFIG="$work/apt/apt.conf"
 say "reading the trixie package lists from $mirror (private apt state in $work)"
 apt-get update -qq >&2
 
-# nix-bin and everything it needs to run, libc included: the prefix must not mix
-# its libraries with the system's older ones.
+# nix-bin and everything it needs to run (Depends and Pre-Depends), libc included:
+# the prefix must not mix its libraries with the system's older ones.
 mapfile -t pkgs < <(apt-cache depends --recurse --no-recommends --no-suggests \
-    --no-conflicts --no-breaks --no-replaces --no-enhances --no-pre-depends \
-    nix-bin | grep -E '^[a-z0-9]' | sort -u)
-# Pre-Depends matter too (libc6 pre-depends on libgcc-s1, ...).
-mapfile -t pre < <(apt-cache depends --recurse --no-recommends --no-suggests \
     --no-conflicts --no-breaks --no-replaces --no-enhances \
     nix-bin | grep -E '^[a-z0-9]' | sort -u)
-mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" "${pre[@]}" | sort -u)
 say "downloading ${#pkgs[@]} packages: ${pkgs[*]}"
 (cd "$work/debs" && apt-get download -qq "${pkgs[@]}" >&2)
 
