@@ -58,7 +58,15 @@ struct Eval {
 
 /// The nixpkgs to evaluate against, as a flake reference, or why there is none.
 fn nixpkgs_ref() -> Result<String, String> {
-    if let Some(p) = std::env::var_os("LARDER_NIXPKGS").filter(|p| !p.is_empty()) {
+    nixpkgs_ref_from(
+        std::env::var_os("LARDER_NIXPKGS"),
+        &repo().join("../shared/nixpkgs/nixpkgs-26.11pre-eval.tar.gz"),
+    )
+}
+
+/// `LARDER_NIXPKGS` (a nixpkgs directory or tarball) when set, else the snapshot.
+fn nixpkgs_ref_from(env: Option<std::ffi::OsString>, snapshot: &Path) -> Result<String, String> {
+    if let Some(p) = env.filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         let p = std::fs::canonicalize(&p)
             .unwrap_or_else(|e| panic!("LARDER_NIXPKGS={}: {e}", p.display()));
@@ -68,8 +76,7 @@ fn nixpkgs_ref() -> Result<String, String> {
             format!("tarball+file://{}", p.display())
         });
     }
-    let snapshot = repo().join("../shared/nixpkgs/nixpkgs-26.11pre-eval.tar.gz");
-    match std::fs::canonicalize(&snapshot) {
+    match std::fs::canonicalize(snapshot) {
         Ok(p) => Ok(format!("tarball+file://{}", p.display())),
         Err(_) => Err(format!(
             "no nixpkgs snapshot at {} and LARDER_NIXPKGS is unset",
@@ -233,6 +240,39 @@ fn checked_drvs(out: &Output) -> BTreeMap<String, String> {
         }
     }
     drvs
+}
+
+/// Where the tests look for nixpkgs, and that a machine without one skips them
+/// with a reason rather than failing or passing unnoticed.
+#[test]
+fn nix_eval_finds_nixpkgs_or_says_why_not() {
+    let work = Workdir::new("nix-eval-ref");
+    let absent = work.join("shared/nixpkgs/nixpkgs-26.11pre-eval.tar.gz");
+    let why = nixpkgs_ref_from(None, &absent).unwrap_err();
+    assert!(why.contains(absent.to_str().unwrap()), "{why}");
+    assert!(why.contains("LARDER_NIXPKGS"), "{why}");
+    assert!(nixpkgs_ref_from(Some("".into()), &absent).is_err());
+
+    let tarball = work.join("nixpkgs.tar.gz");
+    std::fs::write(&tarball, b"").unwrap();
+    assert_eq!(
+        nixpkgs_ref_from(None, &tarball).unwrap(),
+        format!("tarball+file://{}", tarball.display())
+    );
+    let dir = work.join("nixpkgs");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(
+        nixpkgs_ref_from(Some(dir.clone().into()), &absent).unwrap(),
+        format!("path:{}", dir.display())
+    );
+    assert_eq!(
+        nixpkgs_ref_from(Some(tarball.clone().into()), &absent).unwrap(),
+        format!("tarball+file://{}", tarball.display())
+    );
+    match nixpkgs_ref() {
+        Ok(r) => say(&format!("nix_eval: evaluating against {r}")),
+        Err(why) => say(&format!("nix_eval: SKIPPED, {why}")),
+    }
 }
 
 #[test]
