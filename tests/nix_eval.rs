@@ -576,6 +576,19 @@ fn nix_eval_generated_config_passes_check_config() {
     assert_eq!(firewall, [80, 443, 9000]);
     let toplevel = f["every"]["toplevel"].as_str().unwrap();
     assert!(toplevel.ends_with(".drv"), "{toplevel}");
+
+    // Static TLS: the key file as a credential.
+    let static_tls = fact(&e, "staticTls");
+    let path = work.join("static-tls.toml");
+    let v = write_toml(static_tls["settings"].as_str().unwrap(), &path);
+    let out = larder(&["check-config", path.to_str().unwrap()], &[]).ok();
+    assert!(out.stdout.contains("tls listen"), "{}", out.describe());
+    assert_eq!(v["tls"]["key_file"], "tls-key");
+    let unit = unit_service(static_tls["unit"].as_str().unwrap());
+    assert!(
+        unit["LoadCredential"].contains(&"tls-key:/run/secrets/larder-tls.key".to_string()),
+        "{unit:?}"
+    );
 }
 
 /// The `[Service]` settings of a unit file: key -> values. Lists are split into

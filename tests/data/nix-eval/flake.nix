@@ -72,6 +72,14 @@
           };
         };
       }];
+      # Static TLS instead of ACME (the two exclude each other): the key as a
+      # credential.
+      staticTls = machine [{
+        services.larder = {
+          settings.tls = { listen = "[::]:8443"; cert_file = "/etc/larder/cert.pem"; };
+          tlsKeyFile = "/run/secrets/larder-tls.key";
+        };
+      }];
       # The unit's [Service] settings, as systemd gets them.
       unitOf = c: c.config.systemd.units."larder.service".text;
       drv = d: d.drvPath;
@@ -111,6 +119,10 @@
           unit = unitOf every;
           toplevel = drv every.config.system.build.toplevel;
           firewall = every.config.networking.firewall.allowedTCPPorts;
+        };
+        staticTls = {
+          settings = builtins.toJSON staticTls.config.services.larder.finalSettings;
+          unit = unitOf staticTls;
         };
         # The option documentation of services.larder, as the NixOS manual renders it.
         optionDocs = (nixpkgs.legacyPackages.${system}.nixosOptionsDoc {
