@@ -866,6 +866,7 @@ fn nix_eval_appliance_first_boot_makes_the_keys_once() {
         );
     };
     check("first-boot");
+    let push_token = std::fs::read(data.join("tokens/push.token")).unwrap();
 
     // The console message shows the URL and the key.
     let issue = work.join("run/issue.d");
@@ -897,4 +898,9 @@ fn nix_eval_appliance_first_boot_makes_the_keys_once() {
         );
     }
     check("second-boot");
+    assert_eq!(
+        std::fs::read(data.join("tokens/push.token")).unwrap(),
+        push_token,
+        "the push token was minted again"
+    );
 }
