@@ -23,6 +23,21 @@ let
     name = "secretFile";
     description = "absolute path to a secret outside the Nix store, as a string";
   };
+  # `address:port` as larder parses it (a socket address, no host name):
+  # "0.0.0.0:8080", "[::]:8080".
+  validListen = a:
+    let
+      m = builtins.match "(([0-9]+)[.]([0-9]+)[.]([0-9]+)[.]([0-9]+)|\\[([0-9a-fA-F:.]*:[0-9a-fA-F:.]*)])(:([0-9]+))" a;
+      octets = if m == null then [ ] else lib.sublist 1 4 m;
+      port = if m == null then null else lib.last m;
+    in
+    m != null
+    && builtins.all (o: o == null || (builtins.stringLength o <= 3 && lib.toInt o <= 255)) octets
+    && builtins.stringLength port <= 5 && lib.toInt port <= 65535;
+  listenAddress = types.addCheck types.str validListen // {
+    name = "listenAddress";
+    description = "IP address and port, such as \"0.0.0.0:8080\" or \"[::]:8080\" (no host name)";
+  };
   nullOrSecret = description: mkOption {
     type = types.nullOr secretFile;
     default = null;
@@ -37,7 +52,7 @@ let
       (_: k: { inherit (k) accessKeyIdFile secretAccessKeyFile; })
       cfg.s3KeyFiles;
   };
-  configFile = format.generate "larder.toml" rendered.settings;
+  configFile = format.generate "larder.toml" cfg.finalSettings;
   # Checked at build time: a typo fails the build, not the boot.
   checkedConfig = pkgs.runCommand "larder-checked.toml" { } ''
     ${lib.getExe cfg.package} check-config --quiet ${configFile}
@@ -49,7 +64,7 @@ let
   tlsListen = cfg.settings.tls.listen or [ ];
   ports = [ (portOf cfg.settings.listen) ]
     ++ map portOf (if builtins.isList tlsListen then tlsListen else [ tlsListen ])
-    ++ lib.optional (cfg.settings ? s3_listen) (portOf cfg.settings.s3_listen);
+    ++ lib.optional (cfg.settings.s3_listen != null) (portOf cfg.settings.s3_listen);
   # Ports below 1024 (80 and 443 for ACME) need CAP_NET_BIND_SERVICE, which only
   # works on the host's network without PrivateUsers=.
   lowPorts = builtins.any (p: p < 1024) ports;
@@ -107,7 +122,7 @@ in
         freeformType = format.type;
         options = {
           listen = mkOption {
-            type = types.str;
+            type = listenAddress;
             default = if config.networking.enableIPv6 then "[::]:8080" else "0.0.0.0:8080";
             defaultText = lib.literalExpression ''if networking.enableIPv6 then "[::]:8080" else "0.0.0.0:8080"'';
             description = "Address and port of the plain HTTP listener.";
@@ -120,8 +135,26 @@ in
               `StateDirectory=` (owned by its dynamic user), so it lies under /var/lib.
             '';
           };
+          s3_listen = mkOption {
+            type = types.nullOr listenAddress;
+            default = null;
+            example = "[::]:9000";
+            description = "Address and port of the S3 API's own listener; off when null.";
+          };
         };
       };
+    };
+
+    finalSettings = mkOption {
+      type = format.type;
+      readOnly = true;
+      internal = true;
+      default = rendered.settings;
+      description = ''
+        The config file larder runs with, as Nix values: `settings` with each secret
+        named by its credential. Generated as TOML and checked by `larder check-config`
+        at build time.
+      '';
     };
 
     adminTokenFile = nullOrSecret ''
@@ -165,6 +198,44 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    # Mistakes a type cannot see, named by option, before anything is built.
+    assertions =
+      let
+        opt = "services.larder.settings";
+        unknown = mapping.unknownKeys cfg.settings;
+        inStore = v: builtins.isPath v
+          || (builtins.isString v && lib.hasPrefix "${builtins.storeDir}/" v);
+        storeSecrets = builtins.filter (e: inStore e.value)
+          (builtins.concatMap (mapping.valuesAt cfg.settings) mapping.secretKeys);
+        tls = cfg.settings.tls or { };
+        tlsListen = if builtins.isList (tls.listen or [ ]) then tls.listen or [ ] else [ tls.listen ];
+        acme = tls.acme or null;
+      in
+      [
+        {
+          assertion = unknown == [ ];
+          message = "${opt}: larder's config file has no key ${lib.concatMapStringsSep ", " (k: "`${k}`") unknown} "
+            + "(every key: docs/deploy.md).";
+        }
+        {
+          assertion = storeSecrets == [ ];
+          message = "${opt}: ${lib.concatMapStringsSep ", " (e: "`${e.key}`") storeSecrets} "
+            + "names a secret in the world-readable Nix store. Give the file with the matching "
+            + "services.larder.*File option (adminTokenFile, tlsKeyFile, acmeEabKidFile, "
+            + "acmeEabHmacFile, signingKeyFiles, s3KeyFiles) as a path outside the store.";
+        }
+        {
+          assertion = builtins.all (a: builtins.isString a && validListen a) tlsListen;
+          message = "${opt}.tls.listen: ${builtins.toJSON tls.listen} is not an IP address and port "
+            + "(such as \"0.0.0.0:443\" or \"[::]:443\"; no host name), or a list of them.";
+        }
+        {
+          assertion = acme == null || (builtins.isList (acme.domains or null) && acme.domains != [ ]);
+          message = "${opt}.tls.acme.domains: ACME needs at least one domain to get a certificate for "
+            + "(such as [ \"cache.example.com\" ]).";
+        }
+      ];
+
     environment.systemPackages = [ adminWrapper ];
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall ports;
@@ -186,7 +257,7 @@ in
         StateDirectoryMode = "0700";
         LoadCredential = rendered.credentials;
         Restart = "on-failure";
-        RestartSec = 10;
+        RestartSec = 5;
         TimeoutStopSec = 60;
 
         # The hardening list of nixpkgs' atticd module, but for ports below 1024.

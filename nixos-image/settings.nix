@@ -48,14 +48,146 @@ let
         (builtins.filter (n: !(builtins.elem n named)) (builtins.attrNames extra));
     in
     merged ++ added;
+  # Every key of larder's config file, by table: "" is the top level, "tls.acme"
+  # the `[tls.acme]` table, "caches[]" an entry of `[[caches]]`. tests/nix_files.rs
+  # checks this against the structs larder deserializes the file into.
+  tables = {
+    "" = [
+      "listen"
+      "data_dir"
+      "public_url"
+      "zstd_level"
+      "max_nar_bytes"
+      "max_small_body"
+      "staged_ttl_secs"
+      "s3_listen"
+      "s3_region"
+      "s3_host"
+      "trusted_upload_keys"
+      "allowed_hosts"
+      "allowed-hosts"
+      "tls"
+      "admin_token_file"
+      "caches"
+      "tokens"
+      "s3_keys"
+      "s3_buckets"
+    ];
+    tls = [ "listen" "cert_file" "key_file" "redirect_exempt_paths" "redirect_exempt_cidrs" "acme" ];
+    "tls.acme" = [
+      "domains"
+      "directory"
+      "directory_ca_file"
+      "challenge"
+      "contact"
+      "eab_kid_file"
+      "eab_hmac_file"
+      "retry_initial_secs"
+      "retry_max_secs"
+    ];
+    "caches[]" = [
+      "name"
+      "public"
+      "priority"
+      "store_dir"
+      "upstream_cache_key_names"
+      "retention_period"
+      "signing_key_file"
+    ];
+    "tokens[]" = [
+      "sub"
+      "validity"
+      "file"
+      "pull"
+      "push"
+      "delete"
+      "create_cache"
+      "configure_cache"
+      "configure_cache_retention"
+      "destroy_cache"
+    ];
+    "s3_keys[]" = [ "name" "access_key_id_file" "secret_access_key_file" "buckets" ];
+    "s3_keys[].buckets[]" = [ "pattern" "read" "write" "owner" ];
+    "s3_buckets[]" = [ "name" ];
+  };
+
+  # The keys of `settings` (a config file as an attribute set) that larder does
+  # not know, as `tls.acme.domain` or `caches[0].nmae`.
+  unknownKeys = settings:
+    let
+      check = table: prefix: attrs:
+        let
+          known = tables.${table};
+          child = k: if table == "" then k else "${table}.${k}";
+          entries = k: v:
+            if builtins.isAttrs v && tables ? ${child k}
+            then check (child k) "${prefix}${k}." v
+            else if builtins.isList v && tables ? "${child k}[]"
+            then
+              builtins.concatLists
+                (builtins.genList
+                  (i:
+                    let e = builtins.elemAt v i; in
+                    if builtins.isAttrs e
+                    then check "${child k}[]" "${prefix}${k}[${toString i}]." e
+                    else [ ])
+                  (builtins.length v))
+            else [ ];
+        in
+        builtins.concatMap
+          (k: if builtins.elem k known then entries k attrs.${k} else [ "${prefix}${k}" ])
+          (builtins.attrNames attrs);
+    in
+    check "" "" settings;
+
+  # The settings that name a secret file, as `optionKeys` spells them.
+  secretKeys = [
+    "admin_token_file"
+    "tls.key_file"
+    "tls.acme.eab_kid_file"
+    "tls.acme.eab_hmac_file"
+    "caches[].signing_key_file"
+    "s3_keys[].access_key_id_file"
+    "s3_keys[].secret_access_key_file"
+  ];
+
+  # The values of a `secretKeys` key in `settings`: (`caches[]` gives one per entry)
+  # as { key = "caches[1].signing_key_file"; value = ...; }.
+  valuesAt = settings: key:
+    let
+      go = prefix: v: parts:
+        if parts == [ ] then [{ key = prefix; value = v; }]
+        else
+          let
+            part = builtins.head parts;
+            rest = builtins.tail parts;
+            list = builtins.match "(.*)\\[]" part;
+            sep = if prefix == "" then "" else ".";
+          in
+          if list != null then
+            let
+              name = builtins.head list;
+              entries = if builtins.isAttrs v then v.${name} or [ ] else [ ];
+            in
+            builtins.concatLists (builtins.genList
+              (i: go "${prefix}${sep}${name}[${toString i}]" (builtins.elemAt entries i) rest)
+              (if builtins.isList entries then builtins.length entries else 0))
+          else if builtins.isAttrs v && v ? ${part}
+          then go "${prefix}${sep}${part}" v.${part} rest
+          else [ ];
+    in
+    go "" settings (builtins.filter builtins.isString (builtins.split "\\." key));
 in
 {
+  inherit tables unknownKeys secretKeys valuesAt;
+
   # Option names of services.larder and the config keys they set. `settings`
   # itself is larder's config file (RFC 42): its typed options are these keys.
   optionKeys = {
     settings = {
       listen = "listen";
       data_dir = "data_dir";
+      s3_listen = "s3_listen";
     };
     adminTokenFile = "admin_token_file";
     tlsKeyFile = "tls.key_file";

@@ -1,9 +1,9 @@
-//! The Nix files (flake, NixOS module, appliance image, VM test), checked with what
-//! runs on these machines: nixpkgs cannot be fetched here and Debian's Nix 2.8 is
-//! too old to evaluate it, so NixOS evaluation, image builds and the VM test are not
-//! run (docs/deploy.md says so). What is checked: every `.nix` file parses, passes
-//! `deadnix --fail` and `nixpkgs-fmt --check`, and the module's options and the
-//! config keys they write match what the binary accepts (`larder check-config`).
+//! The Nix files (flake, NixOS module, appliance image, VM test), checked with
+//! Debian's Nix 2.8 and no nixpkgs (the evaluation against nixpkgs is in
+//! tests/nix_eval.rs): every `.nix` file parses, passes `deadnix --fail` and
+//! `nixpkgs-fmt --check`, the module's options and the config keys they write match
+//! what the binary accepts (`larder check-config`), and the module's list of config
+//! keys is the binary's.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -166,9 +166,15 @@ fn module_options_match_the_config_keys_larder_accepts() {
 
     // Both ways: every option the module declares is module-only or maps to a key,
     // and every mapped option is declared.
-    let module_only: BTreeSet<String> = ["enable", "package", "openFirewall", "settings"]
-        .map(String::from)
-        .into();
+    let module_only: BTreeSet<String> = [
+        "enable",
+        "package",
+        "openFirewall",
+        "settings",
+        "finalSettings",
+    ]
+    .map(String::from)
+    .into();
     let declared = declared_options(&module);
     // Options with sub-options (`s3KeyFiles.<name>.accessKeyIdFile`) count too.
     let mut mapped: BTreeSet<String> = pairs.iter().map(|(o, _)| o.clone()).collect();
@@ -201,7 +207,7 @@ fn module_options_match_the_config_keys_larder_accepts() {
         s3KeyFiles = { restic = {
           accessKeyIdFile = "/run/secrets/id"; secretAccessKeyFile = "/run/secrets/secret"; }; };
     "#;
-    let settings = r#"listen = "[::]:8080"; data_dir = "/var/lib/larder";
+    let settings = r#"listen = "[::]:8080"; data_dir = "/var/lib/larder"; s3_listen = "[::]:9000";
         caches = [ { name = "default"; public = true; } ];
         s3_keys = [ { name = "restic"; buckets = [ { pattern = "b"; read = true; } ]; } ];"#;
     let renders = [
@@ -313,4 +319,101 @@ fn every_secret_setting_has_a_module_option() {
         uncovered.is_empty(),
         "secret settings without a services.larder *File option: {uncovered:?}"
     );
+}
+
+/// `tables` in settings.nix (the keys the module lets through `settings`) against
+/// the fields of the structs larder reads its config file into.
+#[test]
+fn module_knows_every_config_key_larder_has() {
+    let nix = Nix::new("config-tables");
+    let tables = eval_json(&nix, "(import ./nixos-image/settings.nix).tables");
+    let structs = [
+        ("src/config.rs", "FileConfig", ""),
+        ("src/tls/config.rs", "TlsFileConfig", "tls"),
+        ("src/tls/config.rs", "AcmeFileConfig", "tls.acme"),
+        ("src/bootstrap/declared.rs", "CacheDecl", "caches[]"),
+        ("src/bootstrap/declared.rs", "TokenDecl", "tokens[]"),
+        ("src/bootstrap/declared.rs", "S3KeyDecl", "s3_keys[]"),
+        (
+            "src/bootstrap/declared.rs",
+            "S3GrantDecl",
+            "s3_keys[].buckets[]",
+        ),
+        ("src/bootstrap/declared.rs", "S3BucketDecl", "s3_buckets[]"),
+    ];
+    let mut all_tables = BTreeSet::new();
+    for (src, name, table) in structs {
+        all_tables.insert(table.to_string());
+        let text = std::fs::read_to_string(repo().join(src)).unwrap();
+        let start = text
+            .find(&format!("pub struct {name} {{"))
+            .unwrap_or_else(|| panic!("{src} has no struct {name}"));
+        let body = &text[start..];
+        let body = &body[..body.find("\n}").unwrap()];
+        let mut fields = BTreeSet::new();
+        for l in body.lines().map(str::trim) {
+            if let Some((f, _)) = l.strip_prefix("pub ").and_then(|r| r.split_once(':')) {
+                fields.insert(f.trim().to_string());
+            }
+            if let Some(rest) = l.strip_prefix("#[serde(alias = \"") {
+                fields.insert(rest.split('"').next().unwrap().to_string());
+            }
+        }
+        let known: BTreeSet<String> = tables[table]
+            .as_array()
+            .unwrap_or_else(|| panic!("settings.nix tables has no {table:?}"))
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            known, fields,
+            "settings.nix tables.{table:?} and {src}'s {name} disagree"
+        );
+    }
+    let listed: BTreeSet<String> = tables.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(listed, all_tables);
+}
+
+/// flake.lock pins the branch flake.nix names, to one revision with its hash, and
+/// has no other input.
+#[test]
+fn flake_lock_pins_nixos_25_11() {
+    let flake = std::fs::read_to_string(repo().join("flake.nix")).unwrap();
+    assert!(flake.contains(r#"inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";"#));
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("flake.lock")).unwrap()).unwrap();
+    assert_eq!(lock["version"], 7);
+    let nodes = lock["nodes"].as_object().unwrap();
+    assert_eq!(
+        nodes.keys().collect::<Vec<_>>(),
+        ["nixpkgs", "root"],
+        "{lock}"
+    );
+    assert_eq!(lock["nodes"]["root"]["inputs"]["nixpkgs"], "nixpkgs");
+    let n = &lock["nodes"]["nixpkgs"];
+    assert_eq!(n["original"]["ref"], "nixos-25.11");
+    assert_eq!(n["original"]["type"], "github");
+    assert_eq!(n["locked"]["type"], "github");
+    assert_eq!(n["locked"]["owner"], "NixOS");
+    assert_eq!(n["locked"]["repo"], "nixpkgs");
+    let rev = n["locked"]["rev"].as_str().unwrap();
+    assert!(
+        rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+        "{rev}"
+    );
+    let nar_hash = n["locked"]["narHash"].as_str().unwrap();
+    assert!(
+        nar_hash.starts_with("sha256-") && nar_hash.len() == 51,
+        "{nar_hash}"
+    );
+    assert!(n["locked"]["lastModified"].as_u64().unwrap() > 1_750_000_000);
+}
+
+/// The script that sets up the evaluating Nix (tests/nix_eval.rs) passes shellcheck.
+#[test]
+fn setup_eval_nix_passes_shellcheck() {
+    run(Command::new("shellcheck")
+        .arg("-x")
+        .arg(repo().join("tests/setup-eval-nix.sh")))
+    .ok();
 }

@@ -72,6 +72,10 @@ for tool in deadnix@1.3.1 nixpkgs-fmt@1.3.0; do
     fi
 done
 export PATH="$LARDER_TEST_CACHE_DIR/tools/bin:$PATH"
+# Nix 2.26 (Debian trixie's, unpacked into the cache) evaluates the flake against
+# ../shared/nixpkgs in tests/nix_eval.rs; Debian 12's 2.8 is too old for nixpkgs.
+LARDER_EVAL_NIX=$(bash tests/setup-eval-nix.sh)
+export LARDER_EVAL_NIX
 
 nix --version
 cargo --version

@@ -20,6 +20,7 @@ mod dedup;
 mod durability;
 mod gc;
 mod harness;
+mod nix_eval;
 mod nix_files;
 mod s3;
 mod side_files;
