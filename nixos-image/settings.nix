@@ -72,7 +72,9 @@ let
       "tokens"
       "s3_keys"
       "s3_buckets"
+      "gc"
     ];
+    gc = [ "interval" "default_retention" "max_size" "low_water" "compact_below" ];
     tls = [ "listen" "cert_file" "key_file" "redirect_exempt_paths" "redirect_exempt_cidrs" "acme" ];
     "tls.acme" = [
       "domains"

@@ -536,9 +536,15 @@ fn nix_eval_generated_config_passes_check_config() {
         "tokens",
         "s3_keys",
         "s3_buckets",
+        "gc",
     ] {
         assert!(v.get(key).is_some(), "the config has no {key}: {v}");
     }
+    assert!(
+        out.stdout.contains("budget 80% of the disk"),
+        "{}",
+        out.describe()
+    );
     assert_eq!(v["tls"]["acme"]["eab_kid_file"], "acme-eab-kid");
     assert_eq!(v["tls"]["acme"]["eab_hmac_file"], "acme-eab-hmac");
     assert_eq!(v["caches"][1]["signing_key_file"], "signing-key-team");

@@ -340,6 +340,7 @@ fn module_knows_every_config_key_larder_has() {
             "s3_keys[].buckets[]",
         ),
         ("src/bootstrap/declared.rs", "S3BucketDecl", "s3_buckets[]"),
+        ("src/service/gc/settings.rs", "GcFileConfig", "gc"),
     ];
     let mut all_tables = BTreeSet::new();
     for (src, name, table) in structs {

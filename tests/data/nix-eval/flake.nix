@@ -35,6 +35,7 @@
             s3_region = "eu-1";
             s3_host = "s3.example.com";
             zstd_level = 9;
+            gc = { interval = "30m"; default_retention = "90d"; max_size = "80%"; low_water = "85%"; compact_below = "75%"; };
             allowed_hosts = [ "cache.example.com" ];
             trusted_upload_keys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
             tls = {
