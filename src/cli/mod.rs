@@ -25,11 +25,17 @@ use larder::service::{
     VerifyReport,
 };
 
+/// The exit codes, for `larder --help`.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (a server or \
+disk error, a refused request, damage found by `verify`, a failed push); 2 a usage \
+error (an unknown flag, a missing argument).";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "larder",
     version,
-    about = "A private Nix binary cache in one binary"
+    about = "A private Nix binary cache in one binary",
+    after_help = EXIT_CODES
 )]
 pub struct Args {
     #[command(subcommand)]
