@@ -87,14 +87,16 @@ enum Command {
 /// Where a management command acts: a server, or a data dir.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Target {
-    /// Server base URL (remote mode).
-    #[arg(long, env = "LARDER_SERVER", global = true)]
+    /// Server base URL (remote mode) [env: LARDER_SERVER]. A flag, --server or
+    /// --data-dir, wins over both variables.
+    #[arg(long, global = true, conflicts_with = "data_dir")]
     server: Option<String>,
     /// Token for the server.
     #[arg(long, env = "LARDER_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// Data dir (local mode, when no --server).
-    #[arg(long, env = "LARDER_DATA_DIR", global = true)]
+    /// Data dir (local mode) [env: LARDER_DATA_DIR; default: $XDG_DATA_HOME/larder,
+    /// else ~/.local/share/larder, when no server is given or saved].
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Config file (local mode).
     #[arg(long, env = "LARDER_CONFIG", global = true)]
@@ -191,7 +193,7 @@ impl Target {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
-        let config = Config::resolve(file, self.data_dir.clone(), None)?;
+        let config = Config::resolve(file, saved.data_dir.clone(), None)?;
         if !config.data_dir.join("larder.db").exists() {
             bail!(
                 "no larder data in {} (start `larder serve` once, or pass --server URL --token TOKEN)",

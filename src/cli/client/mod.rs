@@ -279,9 +279,19 @@ impl Target {
         Ok((self.resolve_default()?, spec.to_owned()))
     }
 
-    /// With neither `--server` nor `--data-dir`, the default saved server.
-    pub(super) fn resolve_default(self) -> anyhow::Result<Target> {
+    /// Where to act, highest first: the `--server` or `--data-dir` flag, then
+    /// `LARDER_SERVER`, then `LARDER_DATA_DIR`, then the default saved server, then
+    /// the default data dir. A flag always wins over the environment.
+    pub(super) fn resolve_default(mut self) -> anyhow::Result<Target> {
         if self.server.is_some() || self.data_dir.is_some() {
+            return Ok(self);
+        }
+        if let Some(server) = env_var("LARDER_SERVER") {
+            self.server = Some(server);
+            return Ok(self);
+        }
+        if let Some(dir) = env_var("LARDER_DATA_DIR") {
+            self.data_dir = Some(PathBuf::from(dir));
             return Ok(self);
         }
         match ClientConfig::load()?.default_remote()? {
@@ -297,6 +307,11 @@ impl Target {
             ..self
         }
     }
+}
+
+/// A non-empty environment variable.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// `--retention-period`: "global", seconds, or a duration such as `30d`, `1y`,
