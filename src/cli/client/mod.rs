@@ -56,6 +56,9 @@ pub struct LoginArgs {
     /// Make it the default server (the first one saved always is).
     #[arg(long)]
     set_default: bool,
+    /// Save without first checking the server and the token.
+    #[arg(long)]
+    no_verify: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -158,6 +161,13 @@ pub struct WatchArgs {
 }
 
 pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
+    let what = if a.no_verify {
+        None
+    } else {
+        Some(check_login(&a.endpoint, a.token.as_deref()).context(
+            "not saved; check the URL and token (or pass --no-verify to save it anyway)",
+        )?)
+    };
     let mut cfg = ClientConfig::load()?;
     let new = !cfg.servers.contains_key(&a.name);
     cfg.login(&a.name, &a.endpoint, a.token, a.set_default)?;
@@ -174,7 +184,42 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
         },
         path.display()
     );
+    if let Some(what) = what {
+        eprintln!("{what}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ask the server what `token` may do: the admin token may list tokens; any
+/// other token sees the caches it may use (a bad one gets 401).
+fn check_login(endpoint: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let client = super::remote::Client::new(endpoint, token.map(str::to_owned));
+    let caches: Vec<serde_json::Value> = client.call("GET", "/_api/v1/caches", None)?;
+    let names: Vec<&str> = caches
+        .iter()
+        .filter_map(|c| c.get("name").and_then(|n| n.as_str()))
+        .collect();
+    if token.is_some()
+        && client
+            .call::<serde_json::Value>("GET", "/_api/v1/tokens", None)
+            .is_ok()
+    {
+        return Ok("the token is this server's admin token: it may do everything".to_owned());
+    }
+    let who = if token.is_some() {
+        "the token is valid"
+    } else {
+        "no token: only public caches"
+    };
+    Ok(if names.is_empty() {
+        format!("{who}; it sees no caches yet (a token may still create or push to caches its scopes name)")
+    } else {
+        format!(
+            "{who}; it sees {} cache(s): {}",
+            names.len(),
+            names.join(", ")
+        )
+    })
 }
 
 pub fn use_cache(a: UseArgs) -> anyhow::Result<ExitCode> {
