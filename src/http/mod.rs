@@ -7,6 +7,7 @@ mod edge;
 mod error;
 mod nix;
 mod path;
+mod s3_keys;
 
 pub use edge::{serve_tls, ClientAddr};
 pub use error::ApiError;
@@ -52,6 +53,7 @@ pub fn router(larder: Arc<Larder>) -> Router {
         )
         .route("/_api/v1/tokens/revoke", post(api::revoke_tokens))
         .route("/_api/v1/tokens/inspect", post(api::inspect_token))
+        .merge(s3_keys::routes())
         .fallback(nix::handle)
         .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(limit))
