@@ -6,6 +6,7 @@
 
 mod check_config;
 mod client;
+mod completions;
 mod remote;
 mod s3;
 mod serve;
@@ -82,6 +83,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a server, a token, a cache and Nix's configuration; say what to fix.
+    Doctor(client::doctor::DoctorArgs),
+    /// Print shell completions: `larder completions bash|zsh|fish|elvish|powershell`.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (`larder man | man -l -`).
+    Man,
 }
 
 /// Where a management command acts: a server, or a data dir.
@@ -251,6 +258,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Use(a) => client::use_cache(a),
         Command::Push(a) => client::push_paths(a),
         Command::WatchStore(a) => client::watch_store(a),
+        Command::Doctor(a) => client::doctor::doctor(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man => completions::man(),
         Command::Token(cmd) => {
             token::run(cmd)?;
             Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod doctor;
 pub mod nar;
 pub mod nix;
 pub mod push;
@@ -251,6 +252,9 @@ pub fn use_cache(a: UseArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         print!("{}", use_::render(&lines, &dest));
+    }
+    if let Some(note) = use_::daemon_trust_note(&dest.nix_conf) {
+        eprintln!("{note}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -189,6 +189,25 @@ pub fn render(lines: &UseLines, dest: &Destinations) -> String {
     s
 }
 
+/// With a multi-user Nix (a daemon) and a user's own nix.conf, the daemon uses
+/// `extra-substituters` only from a user in its `trusted-users`: say so, and what
+/// to do instead. `None` when that cannot matter (root, no daemon, /etc/nix).
+pub fn daemon_trust_note(nix_conf: &Path) -> Option<String> {
+    let daemon = Path::new("/nix/var/nix/daemon-socket/socket").exists();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !daemon || root || nix_conf.starts_with("/etc") {
+        return None;
+    }
+    Some(format!(
+        "note: a Nix daemon runs here; it ignores extra-substituters from {} unless you \
+         are in trusted-users in /etc/nix/nix.conf (then restart nix-daemon), or put these \
+         lines in /etc/nix/nix.conf instead (`larder use … --nix-conf /etc/nix/nix.conf \
+         --netrc /etc/nix/netrc --write` as root); `larder doctor CACHE` checks",
+        nix_conf.display()
+    ))
+}
+
 /// Install the lines into the destination files.
 pub fn install(lines: &UseLines, dest: &Destinations) -> anyhow::Result<()> {
     let netrc = lines.token.as_ref().map(|_| dest.netrc.as_path());
