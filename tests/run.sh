@@ -105,7 +105,7 @@ cargo fmt --all -- --check
 stage "cargo clippy" "1-3 min; 10-30 min when nothing is built yet"
 cargo clippy --all-targets --locked -- -D warnings
 
-stage "cargo test (unit and integration tests)" "about 15 min on 2 cores"
+stage "cargo test (unit and integration tests)" "4 min on 2 cores once built, plus building the tests the first time"
 start=$(date +%s)
 cargo test --all-targets --locked
 echo "== tests took $(( $(date +%s) - start )) s; everything took $(( $(date +%s) - run_started )) s"
