@@ -236,11 +236,18 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
             if daemon && !root {
                 let user = std::env::var("USER").unwrap_or_default();
                 let trusted = list("trusted-users");
-                if trusted.iter().any(|t| t == "*" || *t == user) {
+                let groups = user_groups();
+                let covers = |t: &String| {
+                    t == "*"
+                        || *t == user
+                        || t.strip_prefix('@')
+                            .is_some_and(|g| groups.iter().any(|m| m == g))
+                };
+                if trusted.iter().any(covers) {
                     r.ok(&format!("the Nix daemon trusts {user} (trusted-users)"));
                 } else {
                     r.note(&format!(
-                        "a Nix daemon runs and {user:?} is not plainly in trusted-users ({}): it uses only the substituters in /etc/nix/nix.conf unless you add yourself to trusted-users there (a group `@name` may already cover you)",
+                        "a Nix daemon runs and {user:?} is not in trusted-users ({}): it uses only the substituters in /etc/nix/nix.conf unless you add yourself to trusted-users there",
                         trusted.join(" ")
                     ));
                 }
@@ -248,6 +255,21 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(finish(&r))
+}
+
+/// The groups of this user (`id -Gn`), for `@group` entries of trusted-users.
+fn user_groups() -> Vec<String> {
+    Command::new("id")
+        .arg("-Gn")
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn finish(r: &Report) -> ExitCode {
