@@ -31,6 +31,8 @@ done
 packages=(nginx-light wrk hyperfine nix-bin curl zstd time python3 procps util-linux)
 if [[ " ${args[*]-} " == *" --profile "* ]]; then
     packages+=(linux-perf)
+    # perf's call graphs want line tables, which the release profile leaves out.
+    export CARGO_PROFILE_RELEASE_DEBUG=limited CARGO_PROFILE_RELEASE_STRIP=none
 fi
 
 # shellcheck source=bench/lib.sh

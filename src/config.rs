@@ -88,11 +88,7 @@ impl S3Config {
         let listen = listen_flag
             .or_else(|| file.s3_listen.clone())
             .filter(|s| !s.trim().is_empty())
-            .map(|s| {
-                s.trim()
-                    .parse::<SocketAddr>()
-                    .map_err(|e| ConfigError::Invalid(format!("s3_listen address {s:?}: {e}")))
-            })
+            .map(|s| listen_addr(&s, "s3_listen address"))
             .transpose()?;
         let region = file
             .s3_region
@@ -182,6 +178,29 @@ impl FileConfig {
     }
 }
 
+/// A listen address: `IP:PORT`, or `HOST:PORT` with a host name that resolves
+/// (`localhost:8081`; the first address it resolves to).
+pub fn listen_addr(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    let t = s.trim();
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = |why: String| {
+        ConfigError::Invalid(format!(
+            "{what} {s:?}: {why}; expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:8080"
+        ))
+    };
+    if t.rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(bad("no port".into()));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(t)
+        .map_err(|e| bad(format!("cannot resolve it ({e})")))?
+        .next()
+        .ok_or_else(|| bad("it resolves to no address".into()))
+}
+
 /// `$XDG_DATA_HOME/larder`, falling back to `~/.local/share/larder`.
 pub fn default_data_dir() -> Result<PathBuf, ConfigError> {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
@@ -207,9 +226,7 @@ impl Config {
         let listen_s = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_s
-            .parse::<SocketAddr>()
-            .map_err(|e| ConfigError::Invalid(format!("listen address {listen_s:?}: {e}")))?;
+        let listen = listen_addr(&listen_s, "listen address")?;
         let data_dir = match data_dir.or(file.data_dir) {
             Some(d) => d,
             None => default_data_dir()?,
@@ -283,10 +300,7 @@ impl Config {
     /// Apply `larder serve --s3-listen` (or `LARDER_S3_LISTEN`) over the file.
     pub fn with_s3_listen(mut self, flag: Option<String>) -> Result<Self, ConfigError> {
         if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
-            let addr = f
-                .trim()
-                .parse::<SocketAddr>()
-                .map_err(|e| ConfigError::Invalid(format!("--s3-listen address {f:?}: {e}")))?;
+            let addr = listen_addr(&f, "--s3-listen address")?;
             if addr == self.listen && addr.port() != 0 {
                 return Err(ConfigError::Invalid(format!(
                     "--s3-listen {addr} is also the main listen address"

@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            // 2 is clap's code for a usage error; a command that ran and failed
+            // exits 1 (documented in `larder --help`).
+            ExitCode::FAILURE
         }
     }
 }

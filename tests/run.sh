@@ -9,6 +9,13 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# Every stage says what it does, how long it usually takes on 2 cores, and how
+# long the run has taken so far, so a long silent step is never a mystery.
+run_started=$(date +%s)
+stage() {
+    echo "== $1 (usually $2; $(( $(date +%s) - run_started )) s so far)"
+}
+
 # Debian packages the tests use: Nix 2.8 as the real client, curl for poking at a
 # server by hand, shellcheck for the scripts; debootstrap, systemd-nspawn and ip
 # for the appliance's real-boot test (tests/appliance.rs); pebble (with
@@ -28,7 +35,7 @@ for p in "${packages[@]}"; do
     fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing: ${missing[*]}"
+    stage "installing Debian packages: ${missing[*]}" "1-3 min, once"
     export DEBIAN_FRONTEND=noninteractive
     "${sudo_cmd[@]}" apt-get update -q
     "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
@@ -47,6 +54,7 @@ done
 # comes from pip into a venv of its own, made once.
 venv=target/test-venv
 if ! "$venv/bin/python3" -c 'import boto3' >/dev/null 2>&1; then
+    stage "installing boto3 into $venv" "under a minute, once"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet boto3
 fi
@@ -66,8 +74,10 @@ mkdir -p "$LARDER_TEST_CACHE_DIR"
 for tool in deadnix@1.3.1 nixpkgs-fmt@1.3.0; do
     name="${tool%@*}"
     version="${tool#*@}"
-    if ! "$LARDER_TEST_CACHE_DIR/tools/bin/$name" --version 2>/dev/null | grep -qF "$version"; then
-        echo "installing $name $version (once)"
+    # Not `| grep -q`: with pipefail, grep's early exit can fail the pipeline.
+    have=$("$LARDER_TEST_CACHE_DIR/tools/bin/$name" --version 2>/dev/null || true)
+    if [[ "$have" != *"$version"* ]]; then
+        stage "building $name $version from crates.io into $LARDER_TEST_CACHE_DIR/tools" "2-5 min, once"
         cargo install --quiet --locked --root "$LARDER_TEST_CACHE_DIR/tools" "$name" --version "$version"
     fi
 done
@@ -86,19 +96,20 @@ unset NIX_REMOTE
 
 if [ "${1:-}" = "--" ]; then
     shift
+    stage "cargo test --test tests -- $*" "a few seconds to a few minutes, plus building larder"
     exec cargo test --test tests -- "$@"
 fi
 
-echo "== shellcheck"
+stage "shellcheck" "seconds"
 shellcheck -x tests/run.sh .ci/run appliance/install.sh bench/*.sh
 
-echo "== cargo fmt --check"
+stage "cargo fmt --check" "seconds"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+stage "cargo clippy" "1-3 min; 10-30 min when nothing is built yet"
 cargo clippy --all-targets --locked -- -D warnings
 
-echo "== cargo test"
+stage "cargo test (unit and integration tests)" "4 min on 2 cores once built, plus building the tests the first time"
 start=$(date +%s)
 cargo test --all-targets --locked
-echo "== tests took $(( $(date +%s) - start )) s"
+echo "== tests took $(( $(date +%s) - start )) s; everything took $(( $(date +%s) - run_started )) s"

@@ -7,6 +7,7 @@
 mod check_config;
 mod client;
 mod lifecycle;
+mod completions;
 mod remote;
 mod s3;
 mod serve;
@@ -28,11 +29,17 @@ use larder::service::{
 };
 use larder::store::StoreError;
 
+/// The exit codes, for `larder --help`.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (a server or \
+disk error, a refused request, damage found by `verify`, a failed push); 2 a usage \
+error (an unknown flag, a missing argument).";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "larder",
     version,
-    about = "A private Nix binary cache in one binary"
+    about = "A private Nix binary cache in one binary",
+    after_help = EXIT_CODES
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -88,19 +95,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a server, a token, a cache and Nix's configuration; say what to fix.
+    Doctor(client::doctor::DoctorArgs),
+    /// Print shell completions: `larder completions bash|zsh|fish|elvish|powershell`.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (`larder man | man -l -`).
+    Man,
 }
 
 /// Where a management command acts: a server, or a data dir.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Target {
-    /// Server base URL (remote mode).
-    #[arg(long, env = "LARDER_SERVER", global = true)]
+    /// Server base URL (remote mode) [env: LARDER_SERVER]. A flag, --server or
+    /// --data-dir, wins over both variables.
+    #[arg(long, global = true, conflicts_with = "data_dir")]
     server: Option<String>,
     /// Token for the server.
     #[arg(long, env = "LARDER_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// Data dir (local mode, when no --server).
-    #[arg(long, env = "LARDER_DATA_DIR", global = true)]
+    /// Data dir (local mode) [env: LARDER_DATA_DIR; default: $XDG_DATA_HOME/larder,
+    /// else ~/.local/share/larder, when no server is given or saved].
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Config file (local mode).
     #[arg(long, env = "LARDER_CONFIG", global = true)]
@@ -201,7 +216,7 @@ impl Target {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
-        let config = Config::resolve(file, self.data_dir.clone(), None)?;
+        let config = Config::resolve(file, saved.data_dir.clone(), None)?;
         if !config.data_dir.join("larder.db").exists() {
             bail!(
                 "no larder data in {} (start `larder serve` once, or pass --server URL --token TOKEN)",
@@ -280,6 +295,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Gc(a) => lifecycle::gc(a),
         Command::Pin(cmd) => lifecycle::pin(cmd),
         Command::Path(cmd) => lifecycle::path(cmd),
+        Command::Doctor(a) => client::doctor::doctor(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man => completions::man(),
         Command::Token(cmd) => {
             token::run(cmd)?;
             Ok(ExitCode::SUCCESS)

@@ -22,6 +22,15 @@ impl Client {
         }
     }
 
+    /// The same server with another token.
+    pub fn with_token(&self, token: Option<String>) -> Self {
+        Self {
+            base: self.base.clone(),
+            token,
+            agent: self.agent.clone(),
+        }
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         let r = self.agent.request(method, &format!("{}{path}", self.base));
         match &self.token {

@@ -1,32 +1,21 @@
-//! `larder s3 key ...`: S3 access keys, managed on the data dir's SQLite (fine while
-//! the server runs; it reads keys per request, so changes apply at once).
+//! `larder s3 key ...`: S3 access keys, over the management API (`--server URL
+//! --token ADMIN`) or on the data dir's SQLite (fine while the server runs; it
+//! reads keys per request, so changes apply at once), as every management command.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use larder::config::{Config, FileConfig};
-use larder::meta::{Meta, S3Grant, S3Key};
-use larder::s3::keys;
+use larder::auth::Caller;
+use larder::service::{S3GrantRequest, S3GrantView, S3KeyImport, S3KeySecret, S3KeyView};
+
+use super::{svc, Session, Target};
 
 #[derive(Subcommand, Debug)]
 pub enum S3Command {
     /// Manage access keys.
     #[command(subcommand)]
     Key(KeyCommand),
-}
-
-/// Where the keys live.
-#[derive(Args, Debug, Clone)]
-pub struct DataDir {
-    /// Data dir [default: $XDG_DATA_HOME/larder].
-    #[arg(long, env = "LARDER_DATA_DIR", global = true)]
-    data_dir: Option<PathBuf>,
-    /// Config file (for its data_dir).
-    #[arg(long, env = "LARDER_CONFIG", global = true)]
-    config: Option<PathBuf>,
 }
 
 /// Rights named on the command line.
@@ -49,7 +38,7 @@ pub enum KeyCommand {
     Create {
         name: String,
         #[command(flatten)]
-        dir: DataDir,
+        target: Target,
         /// Print `{"access_key_id": ..., "secret_access_key": ...}`.
         #[arg(long)]
         json: bool,
@@ -62,14 +51,14 @@ pub enum KeyCommand {
         #[arg(short = 'n', long = "name")]
         name: String,
         #[command(flatten)]
-        dir: DataDir,
+        target: Target,
         #[arg(long)]
         json: bool,
     },
     /// List keys and their grants (never their secrets).
     List {
         #[command(flatten)]
-        dir: DataDir,
+        target: Target,
         #[arg(long)]
         json: bool,
     },
@@ -77,7 +66,7 @@ pub enum KeyCommand {
     Delete {
         name: String,
         #[command(flatten)]
-        dir: DataDir,
+        target: Target,
     },
     /// Grant rights on the buckets matching a pattern (`*` is any run of characters).
     Allow {
@@ -88,7 +77,7 @@ pub enum KeyCommand {
         #[command(flatten)]
         rights: Rights,
         #[command(flatten)]
-        dir: DataDir,
+        target: Target,
     },
     /// Take rights away (all of them on the pattern when none is named).
     Deny {
@@ -98,29 +87,11 @@ pub enum KeyCommand {
         #[command(flatten)]
         rights: Rights,
         #[command(flatten)]
-        dir: DataDir,
+        target: Target,
     },
 }
 
-impl DataDir {
-    fn open(&self) -> anyhow::Result<Meta> {
-        let file = match &self.config {
-            Some(p) => FileConfig::load(p)?,
-            None => FileConfig::default(),
-        };
-        let config = Config::resolve(file, self.data_dir.clone(), None)?;
-        if !config.data_dir.join("larder.db").exists() {
-            bail!(
-                "no larder data in {} (start `larder serve` once, or pass --data-dir)",
-                config.data_dir.display()
-            );
-        }
-        Meta::open(&config.data_dir)
-            .with_context(|| format!("opening the metadata in {}", config.data_dir.display()))
-    }
-}
-
-fn rights_text(g: &S3Grant) -> String {
+fn rights_text(g: &S3GrantView) -> String {
     let mut r = Vec::new();
     if g.read {
         r.push("read");
@@ -134,121 +105,140 @@ fn rights_text(g: &S3Grant) -> String {
     r.join(",")
 }
 
-fn grant_json(g: &S3Grant) -> serde_json::Value {
-    serde_json::json!({
-        "bucket": g.pattern,
-        "read": g.read,
-        "write": g.write,
-        "owner": g.owner,
-    })
-}
-
-fn print_secret(k: &S3Key, json: bool) -> anyhow::Result<()> {
+fn print_secret(k: &S3KeySecret, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "access_key_id": k.id,
-                "secret_access_key": k.secret,
+                "access_key_id": k.access_key_id,
+                "secret_access_key": k.secret_access_key,
             }))?
         );
     } else {
         println!("Key name: {}", k.name);
-        println!("Access key id: {}", k.id);
-        println!("Secret access key: {}", k.secret);
+        println!("Access key id: {}", k.access_key_id);
+        println!("Secret access key: {}", k.secret_access_key);
         println!("(the secret is not shown again)");
     }
     Ok(())
 }
 
+/// The API path of a key.
+fn key_path(name: &str) -> String {
+    format!(
+        "/_api/v1/s3/keys/{}",
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+fn grant(bucket: String, r: Rights) -> S3GrantRequest {
+    S3GrantRequest {
+        bucket,
+        read: r.read,
+        write: r.write,
+        owner: r.owner,
+    }
+}
+
 pub fn run(cmd: S3Command) -> anyhow::Result<ExitCode> {
     let S3Command::Key(cmd) = cmd;
+    let admin = Caller::Admin;
     match cmd {
-        KeyCommand::Create { name, dir, json } => {
-            let meta = dir.open()?;
-            let k = keys::create(&meta, &name)?;
+        KeyCommand::Create { name, target, json } => {
+            let k: S3KeySecret = match target.session(false)? {
+                Session::Remote(c) => c.call("POST", &key_path(&name), None)?,
+                Session::Local(l) => svc(l.s3_key_create(&admin, &name))?,
+            };
             print_secret(&k, json)?;
         }
         KeyCommand::Import {
             access_key_id,
             secret_access_key,
             name,
-            dir,
+            target,
             json,
         } => {
-            let meta = dir.open()?;
-            let k = keys::import(&meta, &access_key_id, &secret_access_key, &name)?;
+            let req = S3KeyImport {
+                access_key_id,
+                secret_access_key,
+            };
+            let k: S3KeySecret = match target.session(false)? {
+                Session::Remote(c) => c.call(
+                    "POST",
+                    &format!("{}/import", key_path(&name)),
+                    Some(serde_json::to_value(&req)?),
+                )?,
+                Session::Local(l) => svc(l.s3_key_import(&admin, &name, &req))?,
+            };
             if json {
                 print_secret(&k, true)?;
             } else {
-                println!("imported key {} ({})", k.name, k.id);
+                println!("imported key {} ({})", k.name, k.access_key_id);
             }
         }
-        KeyCommand::List { dir, json } => {
-            let meta = dir.open()?;
-            let all = meta.s3_keys()?;
+        KeyCommand::List { target, json } => {
+            let all: Vec<S3KeyView> = match target.session(false)? {
+                Session::Remote(c) => c.call("GET", "/_api/v1/s3/keys", None)?,
+                Session::Local(l) => svc(l.s3_key_list(&admin))?,
+            };
             if json {
-                let v: Vec<serde_json::Value> = all
-                    .iter()
-                    .map(|k| {
-                        serde_json::json!({
-                            "name": k.name,
-                            "access_key_id": k.id,
-                            "created_at": k.created_at,
-                            "grants": k.grants.iter().map(grant_json).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                eprintln!("no S3 keys (mint one with `larder s3 key create NAME`)");
             } else {
                 for k in &all {
                     let grants: Vec<String> = k
                         .grants
                         .iter()
-                        .map(|g| format!("{}:{}", g.pattern, rights_text(g)))
+                        .map(|g| format!("{}:{}", g.bucket, rights_text(g)))
                         .collect();
-                    println!("{}\t{}\t{}", k.name, k.id, grants.join(" "));
+                    println!("{}\t{}\t{}", k.name, k.access_key_id, grants.join(" "));
                 }
             }
         }
-        KeyCommand::Delete { name, dir } => {
-            let meta = dir.open()?;
-            keys::delete(&meta, &name)?;
+        KeyCommand::Delete { name, target } => {
+            match target.session(false)? {
+                Session::Remote(c) => {
+                    let _: serde_json::Value = c.call("DELETE", &key_path(&name), None)?;
+                }
+                Session::Local(l) => svc(l.s3_key_delete(&admin, &name))?,
+            }
             println!("deleted key {name}");
         }
         KeyCommand::Allow {
             name,
             bucket,
             rights,
-            dir,
+            target,
         } => {
-            let meta = dir.open()?;
-            let g = keys::allow(
-                &meta,
-                &name,
-                &bucket,
-                rights.read,
-                rights.write,
-                rights.owner,
-            )?;
-            println!("key {name} on {}: {}", g.pattern, rights_text(&g));
+            let req = grant(bucket, rights);
+            let g: S3GrantView = match target.session(false)? {
+                Session::Remote(c) => c.call(
+                    "POST",
+                    &format!("{}/allow", key_path(&name)),
+                    Some(serde_json::to_value(&req)?),
+                )?,
+                Session::Local(l) => svc(l.s3_key_allow(&admin, &name, &req))?,
+            };
+            println!("key {name} on {}: {}", g.bucket, rights_text(&g));
         }
         KeyCommand::Deny {
             name,
             bucket,
             rights,
-            dir,
+            target,
         } => {
-            let meta = dir.open()?;
-            match keys::deny(
-                &meta,
-                &name,
-                &bucket,
-                rights.read,
-                rights.write,
-                rights.owner,
-            )? {
-                Some(g) => println!("key {name} on {}: {}", g.pattern, rights_text(&g)),
+            let req = grant(bucket.clone(), rights);
+            let g: Option<S3GrantView> = match target.session(false)? {
+                Session::Remote(c) => c.call(
+                    "POST",
+                    &format!("{}/deny", key_path(&name)),
+                    Some(serde_json::to_value(&req)?),
+                )?,
+                Session::Local(l) => svc(l.s3_key_deny(&admin, &name, &req))?,
+            };
+            match g {
+                Some(g) => println!("key {name} on {}: {}", g.bucket, rights_text(&g)),
                 None => println!("key {name} on {bucket}: no rights"),
             }
         }

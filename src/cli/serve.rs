@@ -24,10 +24,10 @@ pub struct ServeArgs {
     /// TOML config file.
     #[arg(long, env = "LARDER_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory [default: $XDG_DATA_HOME/larder].
+    /// Data directory [default: $XDG_DATA_HOME/larder, else ~/.local/share/larder].
     #[arg(long, env = "LARDER_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Listen address [default: 127.0.0.1:8080].
+    /// Listen address, IP:PORT or HOST:PORT [default: 127.0.0.1:8080].
     #[arg(long, env = "LARDER_LISTEN")]
     listen: Option<String>,
     /// The S3 API's listen address; the S3 API is off without it (or `s3_listen`).
@@ -64,6 +64,30 @@ fn admin_token(dir: &Path) -> anyhow::Result<(String, bool)> {
     Ok((token, true))
 }
 
+/// Create the data dir (0700), with errors that name the path and say what is
+/// wrong: a file in the way, or a parent that cannot hold a directory.
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if !meta.is_dir() {
+            anyhow::bail!(
+                "data dir {} is not a directory (a file is in the way); pass --data-dir DIR",
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "the data dir {} cannot be created; pass --data-dir DIR with a writable parent",
+                dir.display()
+            )
+        })
+}
+
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -80,16 +104,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         None => FileConfig::default(),
     };
     let config = Config::resolve(file, a.data_dir, a.listen)?.with_s3_listen(a.s3_listen)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    create_data_dir(&config.data_dir)?;
     let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
-    let (token, fresh) = match larder::bootstrap::admin_token(&config)? {
-        Some(t) => (t, false),
-        None => admin_token(&config.data_dir)?,
-    };
+    let declared_token = larder::bootstrap::admin_token(&config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,6 +134,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             None => format!("http://{addr}"),
         });
         let data_dir = config.data_dir.clone();
+        // Minted only once the listeners are bound, so a start that fails (a busy
+        // port) leaves no token behind that nobody was shown.
+        let (token, fresh) = match declared_token {
+            Some(t) => (t, None),
+            None => {
+                let (t, fresh) = admin_token(&data_dir)?;
+                (t, Some(fresh))
+            }
+        };
         let larder = Arc::new(
             Larder::open(config, base, Some(token.clone()))
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", data_dir.display()))?,
@@ -134,13 +160,22 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             for line in &report.changes {
                 writeln!(out, "bootstrap: {line}")?;
             }
-            if fresh {
-                writeln!(out, "admin token: {token}")?;
-                writeln!(
+            let token_file = data_dir.join("admin.token");
+            match fresh {
+                Some(true) => {
+                    writeln!(out, "admin token: {token}")?;
+                    writeln!(
+                        out,
+                        "(saved to {}; later starts print only where it is)",
+                        token_file.display()
+                    )?;
+                }
+                Some(false) => writeln!(
                     out,
-                    "(saved to {}; it is not printed again)",
-                    data_dir.join("admin.token").display()
-                )?;
+                    "the admin token is in {} (`cat` it; mint scoped tokens with `larder token create`)",
+                    token_file.display()
+                )?,
+                None => {}
             }
             if let Some(l) = &s3_listener {
                 writeln!(out, "larder S3 listening on http://{}", l.local_addr()?)?;

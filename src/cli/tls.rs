@@ -21,7 +21,7 @@ pub struct StatusArgs {
     /// The server's config file (names its [tls] table).
     #[arg(long, env = "LARDER_CONFIG")]
     config: Option<PathBuf>,
-    /// The server's data dir.
+    /// The server's data dir [default: $XDG_DATA_HOME/larder, else ~/.local/share/larder].
     #[arg(long, env = "LARDER_DATA_DIR")]
     data_dir: Option<PathBuf>,
     #[arg(long)]

@@ -184,6 +184,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                eprintln!("no tokens (the admin token is not listed; mint one with `larder token create`)");
             } else {
                 for r in &rows {
                     let state = match r.revoked_at {
@@ -223,7 +225,11 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             secret,
             json,
         } => {
-            let got: Inspected = match target.session(false)? {
+            let session = target.session(false)?;
+            if !secret.trim().starts_with("v4.local.") {
+                return inspect_admin(&session, secret.trim(), json);
+            }
+            let got: Inspected = match session {
                 Session::Remote(c) => c.call(
                     "POST",
                     "/_api/v1/tokens/inspect",
@@ -250,6 +256,55 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 println!("revoked:    {}", got.revoked);
             }
         }
+    }
+    Ok(())
+}
+
+/// `token inspect` of something that is not a PASETO token: the admin token (64
+/// hex characters in `admin.token`, or `admin_token_file`) is a shared secret, not
+/// a token with claims. Say whether it is this server's, and what it may do.
+fn inspect_admin(session: &Session, secret: &str, json: bool) -> anyhow::Result<()> {
+    let is_admin = match session {
+        // Only the admin token may list tokens.
+        Session::Remote(c) => c
+            .with_token(Some(secret.to_owned()))
+            .call::<serde_json::Value>("GET", "/_api/v1/tokens", None)
+            .is_ok(),
+        Session::Local(l) => {
+            let expected = match larder::bootstrap::admin_token(&l.config)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                Some(t) => t,
+                None => {
+                    let path = l.config.data_dir.join("admin.token");
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                }
+            };
+            let expected = expected.trim().as_bytes();
+            subtle::ConstantTimeEq::ct_eq(expected, secret.as_bytes()).into()
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "kind": if is_admin { "admin" } else { "unknown" },
+                "admin": is_admin,
+            }))?
+        );
+    } else if is_admin {
+        println!("this is the server's admin token: a shared secret, not a scoped (PASETO) token.");
+        println!("It may do everything, never expires and cannot be revoked; replace it by");
+        println!("deleting <data-dir>/admin.token (or changing admin_token_file) and restarting.");
+        println!(
+            "Hand out scoped tokens instead: `larder token create --sub NAME --validity 90d ...`."
+        );
+    } else {
+        bail!(
+            "not a larder token: scoped tokens start with \"v4.local.\", and this is not \
+             the server's admin token either"
+        );
     }
     Ok(())
 }

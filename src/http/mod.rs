@@ -8,6 +8,7 @@ mod error;
 pub mod lifecycle;
 mod nix;
 mod path;
+mod s3_keys;
 
 pub use edge::{serve_tls, ClientAddr};
 pub use error::ApiError;
@@ -71,6 +72,7 @@ pub fn router(larder: Arc<Larder>) -> Router {
             "/_api/v1/cache/{cache}/quota",
             axum::routing::put(lifecycle::set_quota),
         )
+        .merge(s3_keys::routes())
         .fallback(nix::handle)
         .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(limit))

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod doctor;
 pub mod nar;
 pub mod nix;
 pub mod push;
@@ -56,6 +57,9 @@ pub struct LoginArgs {
     /// Make it the default server (the first one saved always is).
     #[arg(long)]
     set_default: bool,
+    /// Save without first checking the server and the token.
+    #[arg(long)]
+    no_verify: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -158,6 +162,13 @@ pub struct WatchArgs {
 }
 
 pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
+    let what = if a.no_verify {
+        None
+    } else {
+        Some(check_login(&a.endpoint, a.token.as_deref()).context(
+            "not saved; check the URL and token (or pass --no-verify to save it anyway)",
+        )?)
+    };
     let mut cfg = ClientConfig::load()?;
     let new = !cfg.servers.contains_key(&a.name);
     cfg.login(&a.name, &a.endpoint, a.token, a.set_default)?;
@@ -174,7 +185,42 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
         },
         path.display()
     );
+    if let Some(what) = what {
+        eprintln!("{what}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ask the server what `token` may do: the admin token may list tokens; any
+/// other token sees the caches it may use (a bad one gets 401).
+fn check_login(endpoint: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let client = super::remote::Client::new(endpoint, token.map(str::to_owned));
+    let caches: Vec<serde_json::Value> = client.call("GET", "/_api/v1/caches", None)?;
+    let names: Vec<&str> = caches
+        .iter()
+        .filter_map(|c| c.get("name").and_then(|n| n.as_str()))
+        .collect();
+    if token.is_some()
+        && client
+            .call::<serde_json::Value>("GET", "/_api/v1/tokens", None)
+            .is_ok()
+    {
+        return Ok("the token is this server's admin token: it may do everything".to_owned());
+    }
+    let who = if token.is_some() {
+        "the token is valid"
+    } else {
+        "no token: only public caches"
+    };
+    Ok(if names.is_empty() {
+        format!("{who}; it sees no caches yet (a token may still create or push to caches its scopes name)")
+    } else {
+        format!(
+            "{who}; it sees {} cache(s): {}",
+            names.len(),
+            names.join(", ")
+        )
+    })
 }
 
 pub fn use_cache(a: UseArgs) -> anyhow::Result<ExitCode> {
@@ -206,6 +252,9 @@ pub fn use_cache(a: UseArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         print!("{}", use_::render(&lines, &dest));
+    }
+    if let Some(note) = use_::daemon_trust_note(&dest.nix_conf) {
+        eprintln!("{note}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -279,9 +328,19 @@ impl Target {
         Ok((self.resolve_default()?, spec.to_owned()))
     }
 
-    /// With neither `--server` nor `--data-dir`, the default saved server.
-    pub(super) fn resolve_default(self) -> anyhow::Result<Target> {
+    /// Where to act, highest first: the `--server` or `--data-dir` flag, then
+    /// `LARDER_SERVER`, then `LARDER_DATA_DIR`, then the default saved server, then
+    /// the default data dir. A flag always wins over the environment.
+    pub(super) fn resolve_default(mut self) -> anyhow::Result<Target> {
         if self.server.is_some() || self.data_dir.is_some() {
+            return Ok(self);
+        }
+        if let Some(server) = env_var("LARDER_SERVER") {
+            self.server = Some(server);
+            return Ok(self);
+        }
+        if let Some(dir) = env_var("LARDER_DATA_DIR") {
+            self.data_dir = Some(PathBuf::from(dir));
             return Ok(self);
         }
         match ClientConfig::load()?.default_remote()? {
@@ -297,6 +356,11 @@ impl Target {
             ..self
         }
     }
+}
+
+/// A non-empty environment variable.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// `--retention-period`: "global", seconds, or a duration such as `30d`, `1y`,

@@ -97,6 +97,28 @@ impl NixStore {
         }
     }
 
+    /// Refuse, with a message that says what to push instead, a file or directory
+    /// that exists here but is not in the store: Nix would read it as a flake and
+    /// answer "does not contain a 'flake.nix'". Installables (`nixpkgs#hello`) and
+    /// paths into the store (`./result`) pass.
+    pub fn check_root(&self, root: &str) -> anyhow::Result<()> {
+        let path = std::path::Path::new(root);
+        if root.contains('#') || !path.exists() {
+            return Ok(());
+        }
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if real.starts_with(self.store_dir_on_disk()) || real.starts_with("/nix/store") {
+            return Ok(());
+        }
+        bail!(
+            "{root} is not a Nix store path ({} is not under {}): push a store path \
+             (/nix/store/…), a link into the store such as ./result, or an installable \
+             such as nixpkgs#hello",
+            real.display(),
+            self.store_dir_on_disk().display()
+        )
+    }
+
     /// `nix path-info --json [--recursive] PATHS…`, one entry per path.
     pub fn path_info(&self, paths: &[String], recursive: bool) -> anyhow::Result<Vec<PathInfo>> {
         if paths.is_empty() {

@@ -67,16 +67,33 @@ pub struct Summary {
 
 impl Summary {
     pub fn line(&self) -> String {
-        let mut s = format!(
-            "pushed {}, deduplicated {}, already cached {}, skipped (upstream) {}; sent {} ({} of NARs) in {:.1} s",
-            self.pushed,
-            self.deduplicated,
-            self.already_cached,
-            self.skipped_upstream,
+        let sent = self.pushed + self.deduplicated;
+        let mut s = format!("uploaded {sent} path{}", if sent == 1 { "" } else { "s" });
+        if self.deduplicated > 0 {
+            s.push_str(&format!(
+                " ({} new, {} whose contents the server already stored, so it kept no second copy)",
+                self.pushed, self.deduplicated
+            ));
+        }
+        s.push_str(&format!(
+            ": {} sent for {} of NARs, in {:.1} s",
             human_bytes(self.bytes_sent),
             human_bytes(self.nar_bytes),
             self.seconds
-        );
+        ));
+        let mut not_sent = Vec::new();
+        if self.already_cached > 0 {
+            not_sent.push(format!("{} already in the cache", self.already_cached));
+        }
+        if self.skipped_upstream > 0 {
+            not_sent.push(format!(
+                "{} signed by an upstream cache such as cache.nixos.org (--ignore-upstream-cache-filter sends them)",
+                self.skipped_upstream
+            ));
+        }
+        if !not_sent.is_empty() {
+            s.push_str(&format!("; not sent: {}", not_sent.join(", ")));
+        }
         if !self.failed.is_empty() {
             s.push_str(&format!("; {} FAILED", self.failed.len()));
         }
@@ -188,6 +205,9 @@ pub fn push(
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut summary = Summary::default();
+    for root in roots {
+        store.check_root(root)?;
+    }
     let tgt = target(api, cache)?;
     let infos = store.path_info(roots, opts.closure)?;
     let invalid: Vec<&str> = infos
@@ -375,6 +395,44 @@ fn upload_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_says_what_was_sent_and_what_was_not() {
+        let s = Summary {
+            pushed: 2,
+            deduplicated: 1,
+            already_cached: 4,
+            skipped_upstream: 5,
+            bytes_sent: 2048,
+            nar_bytes: 4096,
+            seconds: 1.25,
+            ..Summary::default()
+        };
+        let line = s.line();
+        assert!(
+            line.starts_with("uploaded 3 paths (2 new, 1 whose contents the server already stored"),
+            "{line}"
+        );
+        assert!(
+            line.contains("2.00 KiB sent for 4.00 KiB of NARs"),
+            "{line}"
+        );
+        assert!(
+            line.contains("not sent: 4 already in the cache, 5 signed by an upstream cache"),
+            "{line}"
+        );
+        let nothing = Summary {
+            already_cached: 1,
+            ..Summary::default()
+        }
+        .line();
+        assert!(nothing.starts_with("uploaded 0 paths: "), "{nothing}");
+        assert!(!nothing.contains("new,"), "{nothing}");
+        assert!(
+            nothing.ends_with("not sent: 1 already in the cache"),
+            "{nothing}"
+        );
+    }
 
     #[test]
     fn upload_metadata_from_path_info() {

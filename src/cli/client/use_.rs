@@ -189,6 +189,29 @@ pub fn render(lines: &UseLines, dest: &Destinations) -> String {
     s
 }
 
+/// With a multi-user Nix (a daemon) and a user's own nix.conf, the daemon uses
+/// `extra-substituters` only from a user in its `trusted-users`: say so, and what
+/// to do instead. `None` when that cannot matter (root, no daemon, /etc/nix).
+pub fn daemon_trust_note(nix_conf: &Path) -> Option<String> {
+    let daemon = Path::new("/nix/var/nix/daemon-socket/socket").exists();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    trust_note(nix_conf, daemon, root)
+}
+
+fn trust_note(nix_conf: &Path, daemon: bool, root: bool) -> Option<String> {
+    if !daemon || root || nix_conf.starts_with("/etc") {
+        return None;
+    }
+    Some(format!(
+        "note: a Nix daemon runs here; it ignores extra-substituters from {} unless you \
+         are in trusted-users in /etc/nix/nix.conf (then restart nix-daemon), or put these \
+         lines in /etc/nix/nix.conf instead (`larder use … --nix-conf /etc/nix/nix.conf \
+         --netrc /etc/nix/netrc --write` as root); `larder doctor CACHE` checks",
+        nix_conf.display()
+    ))
+}
+
 /// Install the lines into the destination files.
 pub fn install(lines: &UseLines, dest: &Destinations) -> anyhow::Result<()> {
     let netrc = lines.token.as_ref().map(|_| dest.netrc.as_path());
@@ -254,6 +277,23 @@ mod tests {
             "{rotated}"
         );
         assert!(!rotated.contains("AAA"));
+    }
+
+    #[test]
+    fn the_trusted_users_note_only_where_it_matters() {
+        let user = Path::new("/home/u/.config/nix/nix.conf");
+        let note = trust_note(user, true, false).expect("a note for a user behind a daemon");
+        assert!(
+            note.contains("trusted-users") && note.contains("/etc/nix/nix.conf"),
+            "{note}"
+        );
+        assert!(note.contains("/home/u/.config/nix/nix.conf"), "{note}");
+        assert_eq!(trust_note(user, false, false), None, "no daemon");
+        assert_eq!(trust_note(user, true, true), None, "root is trusted");
+        assert_eq!(
+            trust_note(Path::new("/etc/nix/nix.conf"), true, false),
+            None
+        );
     }
 
     #[test]
