@@ -6,8 +6,8 @@
 
 mod check_config;
 mod client;
-mod lifecycle;
 mod completions;
+mod lifecycle;
 mod remote;
 mod s3;
 mod serve;
