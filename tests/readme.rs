@@ -80,9 +80,13 @@ fn run_demo(path_line: Option<&str>) -> process::Output {
     let driver = format!(
         r#"set -eu
 ip link set lo up
+# Opened before the tmpfs hides /tmp: the checkout itself may live under /tmp.
+exec 3<{larder}
 mount -t tmpfs tmpfs /tmp
 mkdir -p /tmp/home /tmp/checkout/target/release /tmp/bin /tmp/etc-nix
-ln -s {larder} /tmp/checkout/target/release/larder
+cat <&3 >/tmp/checkout/target/release/larder
+exec 3<&-
+chmod +x /tmp/checkout/target/release/larder
 cat > /tmp/bin/cargo <<'EOF'
 #!/bin/sh
 # Stands in for `cargo run --release -- ARGS`: the binary is already built.

@@ -354,13 +354,11 @@ pub fn spawn_background(larder: std::sync::Arc<larder::service::Larder>) {
                 _ = wait => {}
                 _ = larder.gc_woken() => {}
             }
-            let l = larder.clone();
-            match tokio::task::spawn_blocking(move || l.gc(&Caller::Admin, GcOptions::default()))
+            if let Err(e) = larder
+                .gc_in_background(Caller::Admin, GcOptions::default())
                 .await
             {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "GC pass failed"),
-                Err(e) => tracing::error!(error = %e, "GC task failed"),
+                tracing::error!(error = %e, "GC pass failed");
             }
         }
     });

@@ -31,7 +31,7 @@ pub async fn gc(
 ) -> Result<Json<GcReport>, ApiError> {
     let who = caller(&l, &headers)?;
     let opts: GcOptions = json_body(&body)?;
-    Ok(Json(blocking(&l, move |l| l.gc(&who, opts)).await?))
+    Ok(Json(l.gc_in_background(who, opts).await?))
 }
 
 /// The body of the pin, unpin and delete routes.

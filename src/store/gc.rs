@@ -221,15 +221,32 @@ impl ChunkStore {
         live: impl Fn(&ChunkId) -> bool,
         dry_run: bool,
     ) -> Result<SweepOutcome, StoreError> {
-        let mut dead: Vec<(ChunkId, Location)> = Vec::new();
+        // Dead entries are removed a batch at a time while the walk goes on (redb
+        // lets a writer commit beside an open reader), so memory stays one batch.
+        let mut out = SweepOutcome::default();
+        let mut dead: Vec<(ChunkId, Location)> = Vec::with_capacity(SWEEP_BATCH);
         self.index.for_each(|id, loc| {
             if !live(id) {
                 dead.push((*id, loc));
+                if dead.len() == SWEEP_BATCH {
+                    self.sweep_batch(&dead, dry_run, &mut out)?;
+                    dead.clear();
+                }
             }
             Ok(())
         })?;
-        let mut out = SweepOutcome::default();
-        for batch in dead.chunks(SWEEP_BATCH) {
+        self.sweep_batch(&dead, dry_run, &mut out)?;
+        Ok(out)
+    }
+
+    /// Remove one batch of dead entries, minus any held or touched chunk.
+    fn sweep_batch(
+        &self,
+        batch: &[(ChunkId, Location)],
+        dry_run: bool,
+        out: &mut SweepOutcome,
+    ) -> Result<(), StoreError> {
+        {
             let s = self.holds.state.lock().map_err(|_| poisoned())?;
             let gone: Vec<(ChunkId, Location)> = batch
                 .iter()
@@ -245,7 +262,7 @@ impl ChunkStore {
             out.chunks += gone.len() as u64;
             out.bytes += gone.iter().map(|(_, l)| record_bytes(l)).sum::<u64>();
         }
-        Ok(out)
+        Ok(())
     }
 
     /// How much of each pack the index names (with `live`, only the entries it
@@ -307,6 +324,18 @@ impl ChunkStore {
             .collect();
         let mut records: HashMap<u32, Vec<(ChunkId, Location)>> = HashMap::new();
         if !wanted.is_empty() {
+            // Count first, so each list is allocated once at its size: a pack of
+            // tiny chunks can hold a million records.
+            let mut counts: HashMap<u32, usize> = HashMap::new();
+            self.index.for_each(|_, loc| {
+                if wanted.contains(&loc.segment) {
+                    *counts.entry(loc.segment).or_insert(0) += 1;
+                }
+                Ok(())
+            })?;
+            for (s, n) in counts {
+                records.insert(s, Vec::with_capacity(n));
+            }
             self.index.for_each(|id, loc| {
                 if wanted.contains(&loc.segment) {
                     records.entry(loc.segment).or_default().push((*id, loc));

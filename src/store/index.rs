@@ -24,6 +24,11 @@ pub struct IndexStats {
     pub raw_bytes: u64,
 }
 
+/// redb's own page cache (its default is 1 GiB). Lookups are a few pages per
+/// NAR and the OS page cache holds the file, so a small cache costs little; a
+/// GC pass walks the whole index and would otherwise fill the default one.
+const INDEX_CACHE_BYTES: usize = 32 << 20;
+
 pub(crate) struct Index {
     db: Database,
 }
@@ -51,7 +56,10 @@ fn decode(v: &[u8; 20]) -> Location {
 
 impl Index {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
+        let db = redb::Builder::new()
+            .set_cache_size(INDEX_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(format!(
                 "{} is in use by another larder process (stop the server, or use --server)",
                 path.display()

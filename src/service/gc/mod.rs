@@ -20,6 +20,8 @@ use plan::{ChunkCounts, Limits};
 
 /// Evictions listed in a report, at most (the counts are always complete).
 const REPORT_EVICTIONS_MAX: usize = 1000;
+/// The nice value of the GC thread: it yields the cores to requests.
+const GC_NICE: i32 = 10;
 /// A pack whose live fraction is at least this is never worth rewriting.
 const COMPACT_NEVER_ABOVE: f64 = 0.95;
 
@@ -212,8 +214,14 @@ impl Larder {
         let compact_started = Instant::now();
 
         // Compact sparse packs (dry: count the ones that would be).
-        let is_live = |id: &[u8; 32]| counts.is_live(id);
-        let usage = store.pack_usage(if dry { Some(&is_live) } else { None })?;
+        let usage = if dry {
+            let is_live = |id: &[u8; 32]| counts.is_live(id);
+            store.pack_usage(Some(&is_live))?
+        } else {
+            store.pack_usage(None)?
+        };
+        // The mark is not needed past here; compaction has its own memory.
+        drop(counts);
         let open = store.open_segment();
         let mut candidates: Vec<(f64, u32, u64)> = usage
             .iter()
@@ -274,6 +282,31 @@ impl Larder {
             );
         }
         Ok(report)
+    }
+
+    /// Run a pass on a thread of its own at a lower CPU priority (nice 10), so
+    /// requests keep the cores they need while it runs; resolves with its report.
+    pub async fn gc_in_background(
+        self: &std::sync::Arc<Self>,
+        caller: Caller,
+        opts: GcOptions,
+    ) -> Result<GcReport, ServiceError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let l = self.clone();
+        std::thread::Builder::new()
+            .name("larder-gc".into())
+            .spawn(move || {
+                // A thread's own nice value (Linux); failing to lower it is harmless.
+                // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the
+                // calling thread's priority and touches no memory.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, GC_NICE);
+                }
+                let _ = tx.send(l.gc(&caller, opts));
+            })
+            .map_err(|e| ServiceError::Internal(format!("starting the GC thread: {e}")))?;
+        rx.await
+            .map_err(|_| ServiceError::Internal("the GC thread ended without a report".into()))?
     }
 
     /// Whether the store or a cache is over its budget (after a push): the
