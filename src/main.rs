@@ -25,6 +25,18 @@ fn main() -> ExitCode {
         }
     }
     let args = cli::Args::parse();
+    if !args.is_serve() {
+        // A command whose output goes to a closed pipe (`larder … | head`) ends
+        // quietly, as other command-line tools do, instead of panicking in
+        // `println!`. The server keeps Rust's default (SIGPIPE ignored): a client
+        // that goes away must never stop it.
+        // SAFETY: restoring a signal's default disposition before any other
+        // thread exists touches no memory.
+        #[cfg(unix)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -450,3 +450,19 @@ fn verify_on_a_healthy_store_is_clean() {
     server.stop();
     server.local(&["verify"]).ok();
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `larder completions bash | head -1`: the reader goes away after one line.
+    let mut child = std::process::Command::new(crate::support::server::LARDER)
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting larder");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("waiting for larder");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "larder panicked: {stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}

@@ -281,6 +281,13 @@ fn print_config(name: &str, c: &CacheConfig, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Args {
+    /// Whether this runs the server (which must never die of a closed socket).
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let admin = Caller::Admin;
     match args.command {

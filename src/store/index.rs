@@ -60,12 +60,12 @@ impl Index {
             .set_cache_size(INDEX_CACHE_BYTES)
             .create(path)
             .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(format!(
-                "{} is in use by another larder process (stop the server, or use --server)",
-                path.display()
-            )),
-            other => StoreError::from(other),
-        })?;
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(format!(
+                    "{} is in use by another larder process (stop the server, or use --server)",
+                    path.display()
+                )),
+                other => StoreError::from(other),
+            })?;
         let tx = db.begin_write()?;
         tx.open_table(CHUNKS)?;
         tx.open_table(STATS)?;
