@@ -112,24 +112,7 @@ impl Index {
     }
 
     pub(crate) fn remove(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(CHUNKS)?;
-            let mut stats = tx.open_table(STATS)?;
-            let (mut n, mut fb, mut rb) = (0u64, 0u64, 0u64);
-            for id in ids {
-                if let Some(old) = table.remove(id)?.map(|v| decode(v.value())) {
-                    n += 1;
-                    fb += u64::from(old.frame_len);
-                    rb += u64::from(old.raw_len);
-                }
-            }
-            add_stat(&mut stats, "chunks", n.wrapping_neg())?;
-            add_stat(&mut stats, "frame_bytes", fb.wrapping_neg())?;
-            add_stat(&mut stats, "raw_bytes", rb.wrapping_neg())?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.remove_where(ids.iter().map(|id| (id, None)))
     }
 
     /// Every entry, in key order, from one read transaction.
@@ -151,20 +134,31 @@ impl Index {
         if entries.is_empty() {
             return Ok(());
         }
+        self.remove_where(entries.iter().map(|(id, loc)| (id, Some(*loc))))
+    }
+
+    /// Remove each id (only if it names the given location, when one is given) in
+    /// one durable transaction, keeping the totals.
+    fn remove_where<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a ChunkId, Option<Location>)>,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(CHUNKS)?;
             let mut stats = tx.open_table(STATS)?;
             let (mut n, mut fb, mut rb) = (0u64, 0u64, 0u64);
-            for (id, loc) in entries {
-                let current = table.get(id)?.map(|v| decode(v.value()));
-                if current != Some(*loc) {
-                    continue;
+            for (id, expected) in entries {
+                if let Some(want) = expected {
+                    if table.get(id)?.map(|v| decode(v.value())) != Some(want) {
+                        continue;
+                    }
                 }
-                table.remove(id)?;
-                n += 1;
-                fb += u64::from(loc.frame_len);
-                rb += u64::from(loc.raw_len);
+                if let Some(old) = table.remove(id)?.map(|v| decode(v.value())) {
+                    n += 1;
+                    fb += u64::from(old.frame_len);
+                    rb += u64::from(old.raw_len);
+                }
             }
             add_stat(&mut stats, "chunks", n.wrapping_neg())?;
             add_stat(&mut stats, "frame_bytes", fb.wrapping_neg())?;

@@ -154,6 +154,22 @@ struct Upload<'s> {
 }
 
 impl Upload<'_> {
+    /// Release the in-flight claims and, when the writes went well, say what the
+    /// upload stored.
+    fn finish(
+        self,
+        result: Result<Vec<ChunkRef>, StoreError>,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.store.inflight.release(&self.claimed, self.owner);
+        let chunks = result?;
+        Ok(IngestOutcome {
+            manifest: Manifest { chunks },
+            new_chunks: self.new_chunks,
+            new_frame_bytes: self.new_frame_bytes,
+            hold: self.hold,
+        })
+    }
+
     fn resolve(&mut self, batch: &[RawChunk]) -> Result<Vec<Location>, StoreError> {
         let mut out: Vec<Option<Location>> = batch
             .iter()
@@ -264,20 +280,23 @@ impl Upload<'_> {
 }
 
 impl ChunkStore {
-    /// Cut `source` into chunks and store the ones not yet stored. Returns once
-    /// every chunk is durable and indexed.
-    pub fn ingest<R: Read>(&self, source: R) -> Result<IngestOutcome, StoreError> {
-        let owner = self.inflight.owner();
-        let mut upload = Upload {
+    fn new_upload(&self) -> Upload<'_> {
+        Upload {
             store: self,
-            owner,
+            owner: self.inflight.owner(),
             hold: self.new_hold(),
             known: HashMap::new(),
             to_index: HashMap::new(),
             claimed: HashSet::new(),
             new_chunks: 0,
             new_frame_bytes: 0,
-        };
+        }
+    }
+
+    /// Cut `source` into chunks and store the ones not yet stored. Returns once
+    /// every chunk is durable and indexed.
+    pub fn ingest<R: Read>(&self, source: R) -> Result<IngestOutcome, StoreError> {
+        let mut upload = self.new_upload();
         let result = std::thread::scope(|scope| {
             let (tx, rx) = crossbeam_channel::bounded::<Vec<RawChunk>>(BATCHES_QUEUED);
             let writer = scope.spawn(|| -> Result<Vec<ChunkRef>, StoreError> {
@@ -303,14 +322,7 @@ impl ChunkStore {
             read_result?;
             written
         });
-        self.inflight.release(&upload.claimed, owner);
-        let chunks = result?;
-        Ok(IngestOutcome {
-            manifest: Manifest { chunks },
-            new_chunks: upload.new_chunks,
-            new_frame_bytes: upload.new_frame_bytes,
-            hold: upload.hold,
-        })
+        upload.finish(result)
     }
 }
 
@@ -321,17 +333,7 @@ impl ChunkStore {
     /// FastCDC.
     #[doc(hidden)]
     pub fn ingest_chunks(&self, chunks: Vec<Vec<u8>>) -> Result<IngestOutcome, StoreError> {
-        let owner = self.inflight.owner();
-        let mut upload = Upload {
-            store: self,
-            owner,
-            hold: self.new_hold(),
-            known: HashMap::new(),
-            to_index: HashMap::new(),
-            claimed: HashSet::new(),
-            new_chunks: 0,
-            new_frame_bytes: 0,
-        };
+        let mut upload = self.new_upload();
         let raw: Vec<RawChunk> = chunks
             .into_iter()
             .map(|data| RawChunk {
@@ -354,14 +356,7 @@ impl ChunkStore {
             upload.commit()?;
             Ok::<_, StoreError>(refs)
         })();
-        self.inflight.release(&upload.claimed, owner);
-        let chunks = result?;
-        Ok(IngestOutcome {
-            manifest: Manifest { chunks },
-            new_chunks: upload.new_chunks,
-            new_frame_bytes: upload.new_frame_bytes,
-            hold: upload.hold,
-        })
+        upload.finish(result)
     }
 }
 
