@@ -61,6 +61,7 @@ let
       "max_small_body"
       "staged_ttl_secs"
       "s3_listen"
+      "metrics_listen"
       "s3_region"
       "s3_host"
       "trusted_upload_keys"
@@ -107,6 +108,7 @@ let
       "configure_cache"
       "configure_cache_retention"
       "destroy_cache"
+      "metrics"
     ];
     "s3_keys[]" = [ "name" "access_key_id_file" "secret_access_key_file" "buckets" ];
     "s3_keys[].buckets[]" = [ "pattern" "read" "write" "owner" ];

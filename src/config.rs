@@ -35,6 +35,9 @@ pub struct FileConfig {
     pub staged_ttl_secs: Option<u64>,
     /// The S3 API's own listener; the S3 API is off when unset.
     pub s3_listen: Option<String>,
+    /// A listener of its own that serves only `/metrics`, without a token (for a
+    /// scraper on a private network); off when unset.
+    pub metrics_listen: Option<String>,
     /// The region S3 clients must sign for.
     pub s3_region: Option<String>,
     /// A Host name (e.g. `s3.example.com`) whose requests on the main listener go to
@@ -157,6 +160,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// The S3 API (`s3_listen`, `s3_region`, `s3_host`).
     pub s3: S3Config,
+    /// `metrics_listen`: `/metrics` without a token on a listener of its own.
+    pub metrics_listen: Option<SocketAddr>,
     /// `admin_token_file`, when set.
     pub admin_token_file: Option<crate::bootstrap::SecretFile>,
     /// `[[caches]]`, `[[tokens]]`, `[[s3_keys]]`, `[[s3_buckets]]`.
@@ -272,6 +277,12 @@ impl Config {
                 )));
             }
         }
+        let metrics_listen = file
+            .metrics_listen
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| listen_addr(s, "metrics_listen address"))
+            .transpose()?;
         let allowed_hosts = file
             .allowed_hosts
             .unwrap_or_default()
@@ -291,6 +302,7 @@ impl Config {
             allowed_hosts,
             tls,
             s3,
+            metrics_listen,
             admin_token_file,
             declared,
             gc,
@@ -307,6 +319,25 @@ impl Config {
                 )));
             }
             self.s3.listen = Some(addr);
+        }
+        Ok(self)
+    }
+
+    /// Apply `larder serve --metrics-listen` (or `LARDER_METRICS_LISTEN`) over the
+    /// file, and refuse an address another listener already has.
+    pub fn with_metrics_listen(mut self, flag: Option<String>) -> Result<Self, ConfigError> {
+        if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
+            self.metrics_listen = Some(listen_addr(&f, "--metrics-listen address")?);
+        }
+        if let Some(addr) = self.metrics_listen.filter(|a| a.port() != 0) {
+            let taken = addr == self.listen
+                || self.s3.listen == Some(addr)
+                || self.tls.as_ref().is_some_and(|t| t.listen.contains(&addr));
+            if taken {
+                return Err(ConfigError::Invalid(format!(
+                    "metrics_listen {addr} is also another listener's address"
+                )));
+            }
         }
         Ok(self)
     }

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod nix;
 pub mod s3;
 pub mod service;

@@ -20,7 +20,7 @@ use super::Permission;
 pub struct PermSet(u8);
 
 impl PermSet {
-    pub const ALL: PermSet = PermSet(0x7f);
+    pub const ALL: PermSet = PermSet(0xff);
 
     pub fn contains(self, p: Permission) -> bool {
         self.0 & p.bit() != 0
@@ -60,6 +60,9 @@ impl<'de> Deserialize<'de> for PermSet {
         Ok(set)
     }
 }
+
+/// The pattern `metrics` is granted on: it is server-wide, so only `*` counts.
+pub const METRICS_PATTERN: &str = "*";
 
 /// Patterns and their permissions, as carried in a token.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

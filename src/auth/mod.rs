@@ -14,7 +14,8 @@ use std::sync::Arc;
 pub use grants::{Grants, PermSet};
 pub use paseto::{TokenAuthority, TokenClaims};
 
-/// The seven permissions, as in Attic.
+/// The seven permissions of Attic, and `metrics` (read `/metrics`: server-wide, so
+/// it counts only when granted on the pattern `*`; see [`Caller::can_read_metrics`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Permission {
     Pull,
@@ -24,10 +25,11 @@ pub enum Permission {
     ConfigureCache,
     ConfigureCacheRetention,
     DestroyCache,
+    Metrics,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 8] = [
         Permission::Pull,
         Permission::Push,
         Permission::Delete,
@@ -35,6 +37,7 @@ impl Permission {
         Permission::ConfigureCache,
         Permission::ConfigureCacheRetention,
         Permission::DestroyCache,
+        Permission::Metrics,
     ];
 
     pub(crate) fn bit(self) -> u8 {
@@ -54,6 +57,7 @@ impl Permission {
             Permission::ConfigureCache => "configure-cache",
             Permission::ConfigureCacheRetention => "configure-cache-retention",
             Permission::DestroyCache => "destroy-cache",
+            Permission::Metrics => "metrics",
         }
     }
 }
@@ -87,6 +91,20 @@ impl Caller {
             Caller::Anonymous => false,
             Caller::Admin => true,
             Caller::Token(c) => !c.caches.for_cache(cache).is_empty(),
+        }
+    }
+
+    /// Whether the caller may read `/metrics`: the admin token, or a token granted
+    /// `metrics` on the pattern `*` (the figures cover every cache).
+    pub fn can_read_metrics(&self) -> bool {
+        match self {
+            Caller::Anonymous => false,
+            Caller::Admin => true,
+            Caller::Token(c) => c
+                .caches
+                .0
+                .get(grants::METRICS_PATTERN)
+                .is_some_and(|s| s.contains(Permission::Metrics)),
         }
     }
 

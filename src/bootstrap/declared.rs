@@ -18,6 +18,7 @@
 //! pull = ["default"]
 //! push = ["default"]             # also delete, create_cache, configure_cache,
 //!                                # configure_cache_retention, destroy_cache
+//! metrics = true                 # may read /metrics
 //!
 //! [[s3_buckets]]
 //! name = "backups"
@@ -88,6 +89,9 @@ pub struct TokenDecl {
     pub configure_cache_retention: Vec<String>,
     #[serde(default)]
     pub destroy_cache: Vec<String>,
+    /// May read `/metrics` (granted on the pattern `*`).
+    #[serde(default)]
+    pub metrics: bool,
 }
 
 /// `[[s3_keys]]` as written.
@@ -341,6 +345,12 @@ fn resolve_token(i: usize, t: TokenDecl, data_dir: &Path) -> Result<DeclaredToke
             })?;
             caches.entry(p).or_default().insert(perm);
         }
+    }
+    if t.metrics {
+        caches
+            .entry(crate::auth::grants::METRICS_PATTERN.to_owned())
+            .or_default()
+            .insert(Permission::Metrics);
     }
     if caches.is_empty() {
         return Err(ConfigError::Invalid(format!(

@@ -42,6 +42,7 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| default_data_dir().ok())
         .unwrap_or_else(|| PathBuf::from(PLACEHOLDER_DATA_DIR));
     let config = Config::resolve(file, Some(data_dir), None)
+        .and_then(|c| c.with_metrics_listen(None))
         .with_context(|| format!("{} is not a valid larder config", a.file.display()))?;
     if a.quiet {
         return Ok(ExitCode::SUCCESS);
@@ -57,6 +58,9 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     }
     if config.s3.enabled() {
         println!("  s3 region:  {}", config.s3.region);
+    }
+    if let Some(m) = config.metrics_listen {
+        println!("  metrics listen: {m} (/metrics without a token)");
     }
     if let Some(s) = &config.admin_token_file {
         println!("  admin token from {}", secret(s));

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// The S3 API's listen address; the S3 API is off without it (or `s3_listen`).
     #[arg(long, env = "LARDER_S3_LISTEN")]
     s3_listen: Option<String>,
+    /// A listener that serves only `/metrics`, without a token (for a scraper on a
+    /// private network); off without it (or `metrics_listen`).
+    #[arg(long, env = "LARDER_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 /// Read the admin token, creating it (0600) on first start. Returns the token
@@ -103,7 +107,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let config = Config::resolve(file, a.data_dir, a.listen)?.with_s3_listen(a.s3_listen)?;
+    let config = Config::resolve(file, a.data_dir, a.listen)?
+        .with_s3_listen(a.s3_listen)?
+        .with_metrics_listen(a.metrics_listen)?;
     create_data_dir(&config.data_dir)?;
     let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     let declared_token = larder::bootstrap::admin_token(&config)?;
@@ -122,6 +128,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 tokio::net::TcpListener::bind(at)
                     .await
                     .with_context(|| format!("listening for S3 on {at}"))?,
+            ),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("listening for /metrics on {at}"))?,
             ),
             None => None,
         };
@@ -180,6 +194,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             if let Some(l) = &s3_listener {
                 writeln!(out, "larder S3 listening on http://{}", l.local_addr()?)?;
             }
+            if let Some(l) = &metrics_listener {
+                writeln!(
+                    out,
+                    "larder metrics listening on http://{}/metrics",
+                    l.local_addr()?
+                )?;
+            }
             writeln!(out, "larder listening on http://{addr}")?;
             for a in tls.iter().flat_map(|t| t.local_addrs()) {
                 writeln!(out, "larder tls listening on https://{a}")?;
@@ -192,6 +213,18 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         super::lifecycle::spawn_background(larder.clone());
 
+        if let Some(t) = &tls {
+            larder.metrics.watch_tls(t.resolver());
+        }
+        if let Some(l) = metrics_listener {
+            let m = larder.clone();
+            tokio::spawn(async move {
+                if let Err(e) = larder::http::metrics::serve_open(l, m, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
         if let Some(l) = s3_listener {
             let s3 = larder.clone();
             tokio::spawn(async move {

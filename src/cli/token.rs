@@ -41,6 +41,10 @@ pub enum TokenCommand {
         configure_cache_retention: Vec<String>,
         #[arg(long = "destroy-cache", value_name = "PATTERN")]
         destroy_cache: Vec<String>,
+        /// May read `/metrics` (granted on the pattern `*`: the figures cover every
+        /// cache).
+        #[arg(long)]
+        metrics: bool,
         /// Print `{"token": …, "claims": …}`.
         #[arg(long)]
         json: bool,
@@ -136,6 +140,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             configure_cache,
             configure_cache_retention,
             destroy_cache,
+            metrics,
             json,
         } => {
             let mut caches: BTreeMap<String, PermSet> = BTreeMap::new();
@@ -154,6 +159,12 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 for p in patterns {
                     caches.entry(p).or_default().insert(perm);
                 }
+            }
+            if metrics {
+                caches
+                    .entry(larder::auth::grants::METRICS_PATTERN.to_owned())
+                    .or_default()
+                    .insert(Permission::Metrics);
             }
             let req = MintRequest {
                 sub,

@@ -212,6 +212,12 @@ impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
     }
 }
 
+impl Connected<IncomingStream<'_, super::metrics::Counted<TlsListener>>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, super::metrics::Counted<TlsListener>>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
 /// Make `ConnectInfo<SocketAddr>` available on HTTPS requests too, so handlers
 /// never care which listener a request came through.
 async fn bridge_connect_info(mut req: Request, next: Next) -> Response {
@@ -243,11 +249,13 @@ pub async fn serve_tls(
     };
 
     let mut servers = tokio::task::JoinSet::new();
-    let plain = plain.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
+    let plain = super::metrics::Counted::new(plain, larder.metrics.clone()).tap_io(
+        |io: &mut super::metrics::CountedIo<TcpStream>| {
+            if let Err(e) = io.get_mut().set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY");
+            }
+        },
+    );
     let plain_router =
         router(larder.clone()).layer(axum::middleware::from_fn_with_state(edge, plain_edge));
     let plain_server = axum::serve(
@@ -259,7 +267,7 @@ pub async fn serve_tls(
     for listener in incoming {
         let r = router(larder.clone()).layer(axum::middleware::from_fn(bridge_connect_info));
         let server = axum::serve(
-            TlsListener(listener),
+            super::metrics::Counted::new(TlsListener(listener), larder.metrics.clone()),
             r.into_make_service_with_connect_info::<ClientAddr>(),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));

@@ -6,6 +6,7 @@ mod api;
 mod edge;
 mod error;
 pub mod lifecycle;
+pub mod metrics;
 mod nix;
 mod path;
 mod s3_keys;
@@ -33,6 +34,7 @@ pub fn router(larder: Arc<Larder>) -> Router {
     let limit = larder.config.max_small_body;
     let router = Router::new()
         .route("/_health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::get))
         .route(
             "/_api/v1/cache-config/{cache}",
             get(api::get_config)
@@ -82,10 +84,15 @@ pub fn router(larder: Arc<Larder>) -> Router {
         ))
         .with_state(larder.clone());
     // Requests for the S3 host name (`s3_host`) go to the S3 API instead.
-    match crate::s3::host_layer(larder) {
+    let router = match crate::s3::host_layer(larder.clone()) {
         Some(s3) => router.layer(axum::middleware::from_fn(s3)),
         None => router,
-    }
+    };
+    // Outermost, so every answer is counted, the S3 host's included.
+    router.layer(axum::middleware::from_fn_with_state(
+        larder,
+        metrics::observe,
+    ))
 }
 
 /// A request with a body that was refused may not have been read to its end, so
@@ -116,11 +123,13 @@ pub async fn serve(
     larder: Arc<Larder>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
+    let listener = metrics::Counted::new(listener, larder.metrics.clone()).tap_io(
+        |io: &mut metrics::CountedIo<tokio::net::TcpStream>| {
+            if let Err(e) = io.get_mut().set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY");
+            }
+        },
+    );
     axum::serve(
         listener,
         router(larder).into_make_service_with_connect_info::<SocketAddr>(),

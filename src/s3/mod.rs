@@ -85,6 +85,7 @@ pub async fn serve(
     larder: Arc<Larder>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let metrics = larder.metrics.clone();
     let service = service(larder);
     tokio::pin!(shutdown);
     loop {
@@ -102,25 +103,52 @@ pub async fn serve(
                     tracing::warn!(error = %e, "could not set TCP_NODELAY");
                 }
                 let service = service.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
+                    let conn = metrics.connection();
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let service = service.clone();
+                        let metrics = metrics.clone();
                         async move {
+                            let started = std::time::Instant::now();
+                            let head = req.method() == hyper::Method::HEAD;
+                            let received = content_length(req.headers());
                             let mut req = req.map(s3s::Body::from);
                             ignore_unusable_range(req.headers_mut());
-                            service.call(req).await
+                            let resp = service.call(req).await;
+                            if let Ok(r) = &resp {
+                                let sent = if head { 0 } else { content_length(r.headers()) };
+                                metrics.request(
+                                    crate::metrics::Class::s3,
+                                    r.status().as_u16(),
+                                    started.elapsed(),
+                                    received,
+                                    sent,
+                                );
+                            }
+                            resp
                         }
                     });
                     if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
                         tracing::debug!(error = %e, "S3 connection ended with an error");
                     }
+                    drop(conn);
                 });
             }
             _ = &mut shutdown => break,
         }
     }
     Ok(())
+}
+
+/// A message's `Content-Length`, 0 when absent (a streamed body is not counted).
+fn content_length(headers: &hyper::HeaderMap) -> u64 {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Drop a Range header larder cannot honour (malformed, another unit, several
@@ -190,6 +218,20 @@ pub type HookFuture = std::pin::Pin<Box<dyn Future<Output = axum::response::Resp
 /// A middleware for the main router: requests whose Host is the S3 host (or a
 /// bucket under it) go to the S3 API, everything else on to the Nix routes.
 /// `None` when no `s3_host` is configured.
+/// Whether the S3 host hook ([`host_layer`]) answers `req` on the main listener.
+pub fn is_s3_request(larder: &Larder, req: &axum::extract::Request) -> bool {
+    let Some(s3_host) = larder.config.s3.host.as_deref() else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    host.is_some_and(|h| is_s3_host(&h, s3_host))
+}
+
 pub fn host_layer(
     larder: Arc<Larder>,
 ) -> Option<

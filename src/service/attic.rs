@@ -132,6 +132,7 @@ impl Larder {
                     &info.store_path,
                     &served,
                 )?;
+                self.metrics.pushed(&meta.cache);
                 tracing::info!(cache = %meta.cache, store_path = %info.store_path, "deduplicated path");
                 return Ok(UploadPathResult::Deduplicated {
                     frac_deduplicated: None,
@@ -164,6 +165,7 @@ impl Larder {
             &info.store_path,
             &served,
         )?;
+        self.metrics.pushed(&meta.cache);
         let file_size = staged.file_size;
         let frac = if file_size == 0 {
             1.0

@@ -56,6 +56,8 @@ pub struct Larder {
     gc_lock: std::sync::Mutex<()>,
     /// Wakes the server's lifecycle task for a pass now (a push went over budget).
     gc_wake: tokio::sync::Notify,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Totals for `larder stats`.
@@ -113,6 +115,7 @@ impl Larder {
             access: gc::AccessLog::default(),
             gc_lock: std::sync::Mutex::new(()),
             gc_wake: tokio::sync::Notify::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         };
         larder.refresh_revoked()?;
         Ok(larder)
@@ -136,6 +139,7 @@ impl Larder {
             access: gc::AccessLog::default(),
             gc_lock: std::sync::Mutex::new(()),
             gc_wake: tokio::sync::Notify::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 
@@ -205,6 +209,44 @@ impl Larder {
             store_paths,
             lifecycle: self.lifecycle_stats()?,
         })
+    }
+
+    /// Whether `caller` may read `/metrics` (the admin token, or `metrics` on `*`).
+    pub fn authorize_metrics(&self, caller: &Caller) -> Result<(), ServiceError> {
+        match caller {
+            _ if caller.can_read_metrics() => Ok(()),
+            Caller::Anonymous => Err(ServiceError::Unauthorized(
+                "missing token: /metrics needs a token with the metrics permission".into(),
+            )),
+            _ => Err(ServiceError::Forbidden(
+                "token lacks the metrics permission (granted on the pattern \"*\")".into(),
+            )),
+        }
+    }
+
+    /// The `/metrics` text, with the store's figures read now. Call from a
+    /// blocking thread; the caller is checked by [`Larder::authorize_metrics`] (or
+    /// not at all, on `metrics_listen`).
+    pub fn render_metrics(&self) -> Result<String, ServiceError> {
+        let store = self.store()?;
+        let idx = store.stats()?;
+        let packs = store.pack_count()?;
+        let (nars, store_paths) = self.meta.counts()?;
+        let lc = self.lifecycle_stats()?;
+        let figures = crate::metrics::StoreFigures {
+            chunks: idx.chunks,
+            stored_bytes: lc.stored_bytes,
+            indexed_bytes: lc.indexed_bytes,
+            logical_nar_bytes: lc.logical_nar_bytes,
+            packs,
+            store_paths,
+            nars,
+            max_bytes: lc.max_bytes,
+            last_gc: lc.last_gc.filter(|r| !r.dry_run),
+        };
+        self.metrics
+            .render(&figures)
+            .map_err(|e| ServiceError::Internal(format!("encoding metrics: {e}")))
     }
 
     /// Drop staged NARs that never got a narinfo.

@@ -141,10 +141,9 @@ impl Larder {
         path_hash: &str,
     ) -> Result<Bytes, ServiceError> {
         let row = self.authorize(caller, cache, Permission::Pull)?;
-        let text = self
-            .meta
-            .narinfo(row.id, path_hash)?
-            .ok_or_else(|| narinfo_not_found(cache, path_hash))?;
+        let found = self.meta.narinfo(row.id, path_hash)?;
+        self.metrics.narinfo(cache, found.is_some());
+        let text = found.ok_or_else(|| narinfo_not_found(cache, path_hash))?;
         self.note_access(row.id, AccessKey::Path(path_hash.to_owned()));
         Ok(text)
     }
@@ -163,6 +162,7 @@ impl Larder {
             Err(e) => return Some(Err(e)),
         };
         let known = self.meta.narinfo_remembered(row.id, path_hash)?;
+        self.metrics.narinfo(cache, known.is_some());
         if known.is_some() {
             self.note_access(row.id, AccessKey::Path(path_hash.to_owned()));
         }

@@ -311,6 +311,7 @@ impl Larder {
             &info.store_path,
             &served,
         )?;
+        self.metrics.pushed(cache);
         tracing::info!(cache, store_path = %info.store_path, "committed path");
         self.after_push(row.id);
         Ok(())

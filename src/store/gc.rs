@@ -309,6 +309,11 @@ impl ChunkStore {
         Ok(self.backend.segments()?.iter().map(|(_, b)| b).sum())
     }
 
+    /// Pack files (segments) in the backend.
+    pub fn pack_count(&self) -> Result<u64, StoreError> {
+        Ok(self.backend.segments()?.len() as u64)
+    }
+
     /// Move the indexed records of sealed packs into the open pack, repoint the
     /// index, and retire the old packs. One index scan finds the records of all
     /// of them; a pack that is open, or holds records of an upload in progress,

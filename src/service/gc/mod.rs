@@ -132,6 +132,15 @@ impl Larder {
     /// One GC pass (admin only). Only one runs at a time; another caller waits.
     pub fn gc(&self, caller: &Caller, opts: GcOptions) -> Result<GcReport, ServiceError> {
         require_admin(caller)?;
+        let dry = opts.dry_run;
+        let result = self.gc_pass(opts);
+        if !dry {
+            self.metrics.gc_pass(result.is_ok());
+        }
+        result
+    }
+
+    fn gc_pass(&self, opts: GcOptions) -> Result<GcReport, ServiceError> {
         let _one = self
             .gc_lock
             .lock()

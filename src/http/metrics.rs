@@ -1,0 +1,192 @@
+//! `/metrics` and the counting at the edge: one middleware sees every answered
+//! request of the main router (its class, status, time to the response head and
+//! body sizes), and [`Counted`] wraps a listener to count open connections.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::HttpBody as _;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{blocking, caller, ApiError};
+use crate::metrics::{Class, ConnectionGuard, Metrics, CONTENT_TYPE};
+use crate::service::Larder;
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Count one request of the main router. `class` is `s3` when the S3 host hook
+/// answered it (the hook runs inside this layer).
+pub(crate) async fn observe(
+    State(larder): State<Arc<Larder>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let head = req.method() == Method::HEAD;
+    let received = content_length(req.headers()).unwrap_or(0);
+    let s3 = crate::s3::is_s3_request(&larder, &req);
+    let class = if s3 {
+        Class::s3
+    } else {
+        Class::of(req.method(), req.uri().path())
+    };
+    let resp = next.run(req).await;
+    let sent = if head {
+        0
+    } else {
+        resp.body()
+            .size_hint()
+            .exact()
+            .or_else(|| content_length(resp.headers()))
+            .unwrap_or(0)
+    };
+    larder.metrics.request(
+        class,
+        resp.status().as_u16(),
+        started.elapsed(),
+        received,
+        sent,
+    );
+    resp
+}
+
+fn metrics_response(text: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /metrics` on the main listener: a token with the `metrics` permission.
+pub(crate) async fn get(
+    State(larder): State<Arc<Larder>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&larder, &headers)?;
+    larder.authorize_metrics(&who).map_err(ApiError)?;
+    let text = blocking(&larder, |l| l.render_metrics()).await?;
+    Ok(metrics_response(text))
+}
+
+/// `GET /metrics` on `metrics_listen`: no token (the address is the guard).
+async fn get_open(State(larder): State<Arc<Larder>>) -> Result<Response, ApiError> {
+    let text = blocking(&larder, |l| l.render_metrics()).await?;
+    Ok(metrics_response(text))
+}
+
+/// Serve `/metrics` (and nothing else) on `listener` until `shutdown`.
+pub async fn serve_open(
+    listener: tokio::net::TcpListener,
+    larder: Arc<Larder>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(get_open))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "this listener serves only /metrics\n",
+            )
+        })
+        .with_state(larder);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A listener whose connections count in `larder_http_open_connections`.
+pub struct Counted<L> {
+    inner: L,
+    metrics: Arc<Metrics>,
+}
+
+impl<L> Counted<L> {
+    pub fn new(inner: L, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+/// A connection that counts as open until dropped.
+pub struct CountedIo<T> {
+    inner: T,
+    _guard: ConnectionGuard,
+}
+
+impl<T> CountedIo<T> {
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for Counted<L> {
+    type Io = CountedIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.inner.accept().await;
+        let guard = self.metrics.connection();
+        (
+            CountedIo {
+                inner: io,
+                _guard: guard,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
