@@ -51,12 +51,13 @@ for component in rustfmt clippy; do
 done
 
 # The S3 tests drive the aws cli, rclone and s3cmd (apt, above) and boto3, which
-# comes from pip into a venv of its own, made once.
+# comes from pip into a venv of its own, made once; the metrics test parses
+# /metrics with prometheus_client's parser from the same venv.
 venv=target/test-venv
-if ! "$venv/bin/python3" -c 'import boto3' >/dev/null 2>&1; then
-    stage "installing boto3 into $venv" "under a minute, once"
+if ! "$venv/bin/python3" -c 'import boto3, prometheus_client' >/dev/null 2>&1; then
+    stage "installing boto3 and prometheus_client into $venv" "under a minute, once"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet boto3
+    "$venv/bin/python3" -m pip install --quiet boto3 prometheus-client
 fi
 
 # Slow-to-make test assets, kept between runs on one machine: the appliance

@@ -3,8 +3,8 @@
 //! Counters and histograms live here and are bumped where things happen (the HTTP
 //! edge, narinfo lookups, commits, GC passes); the store's figures are read at
 //! scrape time from the existing APIs ([`Larder::stats`](crate::service::Larder)).
-//! The text is the OpenMetrics encoding of the `prometheus-client` crate, which
-//! Prometheus reads; nothing here formats metrics by hand.
+//! The text is the Prometheus text format (0.0.4) as the `prometheus-client`
+//! crate encodes it; nothing here formats metrics by hand.
 //!
 //! Hot paths only touch atomics: the per-class families are created up front,
 //! label sets are `Copy` (no allocation per request), and per-cache counters are
@@ -22,8 +22,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// The content type of the text [`Metrics::render`] returns.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the text [`Metrics::render`] returns: the Prometheus text
+/// format 0.0.4, which every Prometheus (and its client libraries' parsers) read.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What a request was for, as far as the edge can tell from its method and path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -488,7 +489,7 @@ impl Metrics {
         self.rss_bytes.set(i64_of(rss));
         self.open_fds.set(i64_of(fds));
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
 }
@@ -572,6 +573,9 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
-        assert!(text.ends_with("# EOF\n"));
+        assert!(
+            text.contains("# TYPE larder_pushes_total counter"),
+            "{text}"
+        );
     }
 }
