@@ -473,6 +473,29 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_token_may_read_metrics() {
+        let mut t = token("m");
+        t.pull.clear();
+        t.push.clear();
+        t.metrics = true;
+        let d = Declared::resolve(vec![], vec![t], vec![], vec![], Path::new("/d")).unwrap();
+        let claims = crate::auth::TokenClaims {
+            jti: "j".into(),
+            sub: "s".into(),
+            iat: 0,
+            nbf: 0,
+            exp: 1,
+            caches: d.tokens[0].grants.clone(),
+            chain: vec![],
+        };
+        assert!(crate::auth::Caller::Token(std::sync::Arc::new(claims)).can_read_metrics());
+        assert!(!d.tokens[0]
+            .grants
+            .for_cache("default")
+            .contains(Permission::Pull));
+    }
+
+    #[test]
     fn refuses_what_cannot_work() {
         let dd = Path::new("/d");
         let mut t = token("a");
