@@ -274,7 +274,7 @@ impl Metrics {
         );
         let indexed_bytes = gauge(
             "store_indexed",
-            "Record bytes the index names (live compressed chunks)",
+            "Record bytes the index names plus pack headers (live compressed chunks)",
             Some(Unit::Bytes),
         );
         let logical_bytes = gauge(

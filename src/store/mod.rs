@@ -27,7 +27,7 @@ pub use gc::{CompactOutcome, Hold, PackUsage, ReadEpoch, SweepOutcome, Window};
 pub use index::IndexStats;
 pub use ingest::IngestOutcome;
 pub use manifest::{ChunkId, ChunkRef, Manifest};
-pub use pack::PackBackend;
+pub use pack::{PackBackend, PACK_HEADER_BYTES};
 pub use read::{raw_position, FrameSpan, ResolvedNar};
 
 use std::path::Path;

@@ -30,7 +30,8 @@ pub const PACK_TARGET_BYTES: u64 = 1 << 30;
 
 const PACK_MAGIC: &[u8; 8] = b"LARDERPK";
 const PACK_VERSION: u32 = 1;
-const PACK_HEADER_BYTES: u64 = 16;
+/// The header at the start of every pack.
+pub const PACK_HEADER_BYTES: u64 = 16;
 const RECORD_MAGIC: &[u8; 4] = b"LCHK";
 /// Size of a record header in front of each frame.
 pub const RECORD_HEADER_BYTES: u64 = 56;

@@ -73,7 +73,8 @@ pub struct GcReport {
 pub struct LifecycleStats {
     /// Pack bytes on disk.
     pub stored_bytes: u64,
-    /// Record bytes the index names.
+    /// Record bytes the index names, plus the pack headers: what the packs would
+    /// take with every unindexed byte given back.
     pub indexed_bytes: u64,
     /// Uncompressed NAR bytes of every stored NAR.
     pub logical_nar_bytes: u64,
@@ -532,7 +533,10 @@ impl Larder {
         let store = self.store()?;
         let stored_bytes = store.stored_bytes()?;
         let idx = store.stats()?;
-        let indexed_bytes = idx.frame_bytes + idx.chunks * plan::RECORD_OVERHEAD;
+        // Pack headers are part of every pack, not something a pass gives back.
+        let indexed_bytes = idx.frame_bytes
+            + idx.chunks * plan::RECORD_OVERHEAD
+            + store.pack_count()? * crate::store::PACK_HEADER_BYTES;
         let (_, logical_nar_bytes) = self.meta.nar_totals()?;
         let last_gc = match self.meta.last_gc()? {
             Some((_, text)) => serde_json::from_str(&text).ok(),
