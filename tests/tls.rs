@@ -18,7 +18,9 @@ use crate::support::nix::s;
 use crate::support::pebble::Pebble;
 use crate::support::process;
 use crate::support::server::{larder, Launch};
-use crate::support::tls::{free_port, replace_file, roots, ConnectProxy, HttpsConn, TestCa};
+use crate::support::tls::{
+    free_port, free_ports, replace_file, roots, ConnectProxy, HttpsConn, TestCa,
+};
 use crate::support::workdir::Workdir;
 use crate::support::{hash_part, Nix, Server};
 
@@ -49,7 +51,7 @@ impl AcmeSetup {
         extra_top: &str,
         extra_tls: &str,
     ) -> AcmeSetup {
-        let (http_port, tls_port) = (free_port(), free_port());
+        let [http_port, tls_port] = free_ports::<2>();
         let pebble = Pebble::new(http_port, tls_port, validity_secs);
         let config_dir = Workdir::new("tls-config");
         let config = config_dir.join("larder.toml");

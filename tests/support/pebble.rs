@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::tls::{free_port, roots, HttpsConn, TestCa};
+use super::tls::{free_ports, roots, HttpsConn, TestCa};
 use super::workdir::Workdir;
 
 /// How long Pebble may take to answer its directory after starting.
@@ -49,8 +49,13 @@ impl Pebble {
         std::fs::write(&directory_ca_file, ca.pem()).expect("writing the CA");
         std::fs::write(work.join("cert.pem"), &leaf.cert_pem).expect("writing pebble's cert");
         std::fs::write(work.join("key.pem"), &leaf.key_pem).expect("writing pebble's key");
-        let (port, mgmt_port, dns_port, dns_mgmt_port) =
-            (free_port(), free_port(), free_port(), free_port());
+        // Four distinct ports, none of them the test's own two.
+        let [port, mgmt_port, dns_port, dns_mgmt_port] = loop {
+            let ports = free_ports::<4>();
+            if !ports.iter().any(|p| *p == http_port || *p == tls_port) {
+                break ports;
+            }
+        };
         let mut pebble = serde_json::json!({
             "listenAddress": format!("127.0.0.1:{port}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),

@@ -18,10 +18,21 @@ use sha2::{Digest, Sha256};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("finding a free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: every listener is held until all are chosen, so the
+/// kernel cannot hand the same just-released port out twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("finding a free port"))
+        .collect();
+    std::array::from_fn(|i| {
+        held[i]
+            .local_addr()
+            .map(|a| a.port())
+            .expect("a bound listener's port")
+    })
 }
 
 /// Roots trusted by the test client: every certificate in `pem`.
