@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{blocking, caller};
+use crate::auth::Caller;
 use crate::meta::PinRow;
 use crate::service::gc::{CacheUsage, GcOptions, GcReport};
-use crate::service::Larder;
+use crate::service::{Larder, ServiceError};
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -66,6 +67,33 @@ pub async fn list_pins(
     Ok(Json(blocking(&l, move |l| l.pins(&who, &cache)).await?))
 }
 
+/// A route whose body is a [`PathsRequest`]: parse it, run `f` on the blocking
+/// pool as the caller, answer its [`PathsResponse`].
+async fn paths_route<F>(
+    l: Arc<Larder>,
+    cache: String,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    f: F,
+) -> Result<Json<PathsResponse>, ApiError>
+where
+    F: FnOnce(&Larder, &Caller, &str, PathsRequest) -> Result<PathsResponse, ServiceError>
+        + Send
+        + 'static,
+{
+    let who = caller(&l, &headers)?;
+    let req: PathsRequest = json_body(&body)?;
+    Ok(Json(blocking(&l, move |l| f(l, &who, &cache, req)).await?))
+}
+
+/// The paths acted on, and how many.
+fn acted_on(paths: Vec<String>) -> PathsResponse {
+    PathsResponse {
+        count: paths.len() as u64,
+        paths,
+    }
+}
+
 /// `POST /_api/v1/cache/{cache}/pins`.
 pub async fn add_pins(
     State(l): State<Arc<Larder>>,
@@ -73,13 +101,10 @@ pub async fn add_pins(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<PathsResponse>, ApiError> {
-    let who = caller(&l, &headers)?;
-    let req: PathsRequest = json_body(&body)?;
-    let paths = blocking(&l, move |l| l.pin(&who, &cache, &req.paths, req.closure)).await?;
-    Ok(Json(PathsResponse {
-        count: paths.len() as u64,
-        paths,
-    }))
+    paths_route(l, cache, headers, body, |l, who, cache, req| {
+        l.pin(who, cache, &req.paths, req.closure).map(acted_on)
+    })
+    .await
 }
 
 /// `POST /_api/v1/cache/{cache}/pins/remove`.
@@ -89,13 +114,14 @@ pub async fn remove_pins(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<PathsResponse>, ApiError> {
-    let who = caller(&l, &headers)?;
-    let req: PathsRequest = json_body(&body)?;
-    let count = blocking(&l, move |l| l.unpin(&who, &cache, &req.paths)).await?;
-    Ok(Json(PathsResponse {
-        paths: Vec::new(),
-        count,
-    }))
+    paths_route(l, cache, headers, body, |l, who, cache, req| {
+        let count = l.unpin(who, cache, &req.paths)?;
+        Ok(PathsResponse {
+            paths: Vec::new(),
+            count,
+        })
+    })
+    .await
 }
 
 /// `POST /_api/v1/cache/{cache}/delete-paths` (the `delete` permission).
@@ -105,13 +131,10 @@ pub async fn delete_paths(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<PathsResponse>, ApiError> {
-    let who = caller(&l, &headers)?;
-    let req: PathsRequest = json_body(&body)?;
-    let paths = blocking(&l, move |l| l.delete_paths(&who, &cache, &req.paths)).await?;
-    Ok(Json(PathsResponse {
-        count: paths.len() as u64,
-        paths,
-    }))
+    paths_route(l, cache, headers, body, |l, who, cache, req| {
+        l.delete_paths(who, cache, &req.paths).map(acted_on)
+    })
+    .await
 }
 
 /// `GET /_api/v1/cache/{cache}/usage`.

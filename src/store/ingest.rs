@@ -395,17 +395,7 @@ fn chunk_stream<R: Read>(
 mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::store::test_data as data;
 
     #[test]
     fn ingest_dedups_and_reads_back() {

@@ -86,3 +86,18 @@ impl ChunkStore {
         self.index.remove(ids)
     }
 }
+
+/// Incompressible test bytes from a seed (xorshift), the same for every test
+/// that asks for the same seed.
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -194,15 +194,7 @@ mod tests {
     fn raw_ranges_read_only_what_they_need() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open_local(dir.path(), 3).unwrap();
-        let mut x = 99u64;
-        let bytes: Vec<u8> = (0..3_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let bytes = crate::store::test_data(3_000_000, 99);
         let m = store.ingest(&bytes[..]).unwrap().manifest;
         let resolved = store.resolve(&m).unwrap();
         assert!(resolved.spans.len() > 10);
