@@ -38,10 +38,13 @@ use crate::store::Manifest;
 /// Default and largest page of ListParts and ListMultipartUploads.
 const MAX_LISTED: usize = 1000;
 
+/// A fresh upload id: 192 random bits in lowercase hex. Hex, not base64url,
+/// because an id that began with `-` would be read as an option by
+/// command-line clients (`aws s3api upload-part --upload-id -x…` fails).
 fn new_upload_id() -> String {
     let mut b = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    hex::encode(b)
 }
 
 fn part_number(n: i32) -> S3ApiResult<u32> {
@@ -718,6 +721,16 @@ pub(crate) async fn list_multipart_uploads(
 mod tests {
     use super::super::object::decode_part_sizes;
     use super::*;
+
+    #[test]
+    fn upload_ids_are_hex_and_never_look_like_an_option() {
+        for _ in 0..2000 {
+            let id = new_upload_id();
+            assert_eq!(id.len(), 48);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(!id.starts_with('-'));
+        }
+    }
 
     fn part(n: u32, size: u64, etag: &str) -> PartRow {
         PartRow {
