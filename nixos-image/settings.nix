@@ -74,7 +74,10 @@ let
       "s3_keys"
       "s3_buckets"
       "gc"
+      "log"
+      "metrics"
     ];
+    log = [ "format" "access" ];
     gc = [ "interval" "default_retention" "max_size" "low_water" "compact_below" ];
     tls = [ "listen" "cert_file" "key_file" "redirect_exempt_paths" "redirect_exempt_cidrs" "acme" ];
     "tls.acme" = [

@@ -64,6 +64,10 @@ pub struct FileConfig {
     pub s3_buckets: Vec<crate::bootstrap::declared::S3BucketDecl>,
     /// The storage lifecycle (`[gc]`): see `crate::service::gc::settings`.
     pub gc: Option<crate::service::gc::GcFileConfig>,
+    /// Logging (`[log]`): the format and the access log.
+    pub log: Option<LogFileConfig>,
+    /// Per-request metrics and `/metrics`; on unless `false`.
+    pub metrics: Option<bool>,
 }
 
 /// The S3 region when the config names none.
@@ -168,6 +172,64 @@ pub struct Config {
     pub declared: crate::bootstrap::Declared,
     /// `[gc]`: retention default, size budget, schedule, compaction.
     pub gc: crate::service::gc::GcSettings,
+    /// `[log]`: the log format and whether requests are logged.
+    pub log: LogSettings,
+    /// Whether requests are counted and `/metrics` is served.
+    pub metrics: bool,
+}
+
+/// `[log]` as written in the config file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFileConfig {
+    /// `text` (the default) or `json`.
+    pub format: Option<String>,
+    /// One line per request (target `larder::access`); on unless `false`.
+    pub access: Option<bool>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (without timestamps under systemd's journal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::Invalid(format!(
+                "log format {other:?} is not one of text, json"
+            ))),
+        }
+    }
+}
+
+/// `[log]`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub access: bool,
+}
+
+impl LogSettings {
+    fn resolve(file: Option<LogFileConfig>) -> Result<Self, ConfigError> {
+        let file = file.unwrap_or_default();
+        Ok(LogSettings {
+            format: match file.format {
+                Some(f) => f.parse()?,
+                None => LogFormat::Text,
+            },
+            access: file.access.unwrap_or(true),
+        })
+    }
 }
 
 impl FileConfig {
@@ -228,6 +290,8 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let s3 = S3Config::resolve(&file, None)?;
         let gc = crate::service::gc::GcSettings::resolve(file.gc.clone())?;
+        let log = LogSettings::resolve(file.log.clone())?;
+        let metrics = file.metrics.unwrap_or(true);
         let listen_s = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -306,7 +370,17 @@ impl Config {
             admin_token_file,
             declared,
             gc,
+            log,
+            metrics,
         })
+    }
+
+    /// Apply `larder serve --log-format` (or `LARDER_LOG_FORMAT`) over the file.
+    pub fn with_log_format(mut self, flag: Option<LogFormat>) -> Self {
+        if let Some(f) = flag {
+            self.log.format = f;
+        }
+        self
     }
 
     /// Apply `larder serve --s3-listen` (or `LARDER_S3_LISTEN`) over the file.
@@ -328,6 +402,11 @@ impl Config {
     pub fn with_metrics_listen(mut self, flag: Option<String>) -> Result<Self, ConfigError> {
         if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
             self.metrics_listen = Some(listen_addr(&f, "--metrics-listen address")?);
+        }
+        if self.metrics_listen.is_some() && !self.metrics {
+            return Err(ConfigError::Invalid(
+                "metrics_listen is set but metrics = false; drop one of them".into(),
+            ));
         }
         if let Some(addr) = self.metrics_listen.filter(|a| a.port() != 0) {
             let taken = addr == self.listen

@@ -341,6 +341,7 @@ fn module_knows_every_config_key_larder_has() {
         ),
         ("src/bootstrap/declared.rs", "S3BucketDecl", "s3_buckets[]"),
         ("src/service/gc/settings.rs", "GcFileConfig", "gc"),
+        ("src/config.rs", "LogFileConfig", "log"),
     ];
     let mut all_tables = BTreeSet::new();
     for (src, name, table) in structs {

@@ -20,6 +20,7 @@ mod dedup;
 mod durability;
 mod gc;
 mod harness;
+mod logs;
 mod metrics;
 mod newcomer;
 mod nix_eval;

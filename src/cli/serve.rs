@@ -37,6 +37,37 @@ pub struct ServeArgs {
     /// private network); off without it (or `metrics_listen`).
     #[arg(long, env = "LARDER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Log lines as `text` [default] or `json` (one object per line).
+    #[arg(long, env = "LARDER_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<larder::config::LogFormat>,
+}
+
+/// Start logging to stderr in `format`. `LARDER_LOG` filters (`info` when unset).
+/// Under systemd's journal (`JOURNAL_STREAM` set) text lines carry no timestamp
+/// and no colour: the journal adds its own.
+fn init_logging(format: larder::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
+        // s3s logs every refused S3 request at ERROR; larder logs its own
+        // failures (`LARDER_LOG=info,s3s=debug` shows the protocol detail).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    match format {
+        larder::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        larder::config::LogFormat::Text if journal => {
+            builder.without_time().with_ansi(false).init()
+        }
+        larder::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 /// Read the admin token, creating it (0600) on first start. Returns the token
@@ -93,23 +124,15 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
-                // s3s logs every refused S3 request at ERROR; larder logs its own
-                // failures (`LARDER_LOG=info,s3s=debug` shows the protocol detail).
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let file = match &a.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
     let config = Config::resolve(file, a.data_dir, a.listen)?
         .with_s3_listen(a.s3_listen)?
-        .with_metrics_listen(a.metrics_listen)?;
+        .with_metrics_listen(a.metrics_listen)?
+        .with_log_format(a.log_format);
+    init_logging(config.log.format);
     create_data_dir(&config.data_dir)?;
     let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     let declared_token = larder::bootstrap::admin_token(&config)?;

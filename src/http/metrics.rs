@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::HttpBody as _;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,8 +25,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Count one request of the main router. `class` is `s3` when the S3 host hook
-/// answered it (the hook runs inside this layer).
+/// Count one request of the main router and write its access-log line. `class`
+/// is `s3` when the S3 host hook answered it (the hook runs inside this layer).
 pub(crate) async fn observe(
     State(larder): State<Arc<Larder>>,
     req: Request,
@@ -41,24 +41,55 @@ pub(crate) async fn observe(
     } else {
         Class::of(req.method(), req.uri().path())
     };
-    let resp = next.run(req).await;
-    let sent = if head {
-        0
+    let (resp, pending) = if larder.config.log.access {
+        let remote = peer(&req);
+        let (req, pending) = super::access::begin(req, class, remote);
+        (pending.run(next.run(req)).await, Some(pending))
     } else {
-        resp.body()
-            .size_hint()
-            .exact()
-            .or_else(|| content_length(resp.headers()))
-            .unwrap_or(0)
+        (next.run(req).await, None)
     };
-    larder.metrics.request(
-        class,
-        resp.status().as_u16(),
-        started.elapsed(),
-        received,
-        sent,
-    );
-    resp
+    if larder.config.metrics {
+        let sent = if head {
+            0
+        } else {
+            resp.body()
+                .size_hint()
+                .exact()
+                .or_else(|| content_length(resp.headers()))
+                .unwrap_or(0)
+        };
+        larder.metrics.request(
+            class,
+            resp.status().as_u16(),
+            started.elapsed(),
+            received,
+            sent,
+        );
+    }
+    match pending {
+        Some(p) => p.finish(resp).map(axum::body::Body::new),
+        None => resp,
+    }
+}
+
+/// The peer of a request, from whichever listener accepted it.
+fn peer(req: &Request) -> Option<std::net::SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| {
+            ext.get::<ConnectInfo<super::edge::ClientAddr>>()
+                .map(|c| c.0 .0)
+        })
+}
+
+/// The answer when the config says `metrics = false`.
+fn metrics_off() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "metrics are off on this server (metrics = false in its config)\n",
+    )
+        .into_response()
 }
 
 fn metrics_response(text: String) -> Response {
@@ -76,6 +107,9 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     let who = caller(&larder, &headers)?;
     larder.authorize_metrics(&who).map_err(ApiError)?;
+    if !larder.config.metrics {
+        return Ok(metrics_off());
+    }
     let text = blocking(&larder, |l| l.render_metrics()).await?;
     Ok(metrics_response(text))
 }

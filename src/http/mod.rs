@@ -2,6 +2,7 @@
 //! that imports axum. Handlers parse the request, call one service method (on the
 //! blocking pool when it touches disk), and turn the result into a response.
 
+pub mod access;
 mod api;
 mod edge;
 mod error;
@@ -88,11 +89,15 @@ pub fn router(larder: Arc<Larder>) -> Router {
         Some(s3) => router.layer(axum::middleware::from_fn(s3)),
         None => router,
     };
-    // Outermost, so every answer is counted, the S3 host's included.
-    router.layer(axum::middleware::from_fn_with_state(
-        larder,
-        metrics::observe,
-    ))
+    // Outermost, so every answer is counted and logged, the S3 host's included.
+    if larder.config.metrics || larder.config.log.access {
+        router.layer(axum::middleware::from_fn_with_state(
+            larder,
+            metrics::observe,
+        ))
+    } else {
+        router
+    }
 }
 
 /// A request with a body that was refused may not have been read to its end, so
@@ -143,10 +148,12 @@ pub(crate) fn caller(larder: &Larder, headers: &HeaderMap) -> Result<Caller, Api
     let raw = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let token =
         token_from_header(raw).map_err(|e| ApiError(ServiceError::Unauthorized(e.to_string())))?;
-    larder
+    let who = larder
         .tokens
         .authenticate(token.as_deref())
-        .map_err(|e| ApiError(ServiceError::Unauthorized(e.to_string())))
+        .map_err(|e| ApiError(ServiceError::Unauthorized(e.to_string())))?;
+    access::note_caller(&who);
+    Ok(who)
 }
 
 /// Run a service call on the blocking pool.

@@ -143,6 +143,7 @@ impl S3Access for Access {
                 .into());
             }
         }
+        crate::http::access::note_s3_key(&key.name);
         cx.extensions_mut().insert(S3Caller { key, endpoint });
         Ok(())
     }

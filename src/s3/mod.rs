@@ -85,13 +85,12 @@ pub async fn serve(
     larder: Arc<Larder>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics = larder.metrics.clone();
-    let service = service(larder);
+    let service = service(larder.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (tcp, _) = match accepted {
+                let (tcp, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "S3 listener: accept failed");
@@ -103,31 +102,49 @@ pub async fn serve(
                     tracing::warn!(error = %e, "could not set TCP_NODELAY");
                 }
                 let service = service.clone();
-                let metrics = metrics.clone();
+                let larder = larder.clone();
                 tokio::spawn(async move {
-                    let conn = metrics.connection();
+                    let conn = larder.metrics.connection();
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let service = service.clone();
-                        let metrics = metrics.clone();
+                        let larder = larder.clone();
                         async move {
                             let started = std::time::Instant::now();
                             let head = req.method() == hyper::Method::HEAD;
                             let received = content_length(req.headers());
-                            let mut req = req.map(s3s::Body::from);
-                            ignore_unusable_range(req.headers_mut());
-                            let resp = service.call(req).await;
-                            if let Ok(r) = &resp {
-                                let sent = if head { 0 } else { content_length(r.headers()) };
-                                metrics.request(
+                            let req = req.map(axum::body::Body::new);
+                            let (req, pending) = if larder.config.log.access {
+                                let (r, p) = crate::http::access::begin(
+                                    req,
                                     crate::metrics::Class::s3,
-                                    r.status().as_u16(),
+                                    Some(peer),
+                                );
+                                (r, Some(p))
+                            } else {
+                                (req, None)
+                            };
+                            let mut req = req.map(s3s::Body::http_body_unsync);
+                            ignore_unusable_range(req.headers_mut());
+                            let resp = match &pending {
+                                Some(p) => p.run(service.call(req)).await,
+                                None => service.call(req).await,
+                            }?;
+                            if larder.config.metrics {
+                                let sent = if head { 0 } else { content_length(resp.headers()) };
+                                larder.metrics.request(
+                                    crate::metrics::Class::s3,
+                                    resp.status().as_u16(),
                                     started.elapsed(),
                                     received,
                                     sent,
                                 );
                             }
-                            resp
+                            let resp = resp.map(axum::body::Body::new);
+                            Ok::<_, s3s::HttpError>(match pending {
+                                Some(p) => p.finish(resp).map(axum::body::Body::new),
+                                None => resp,
+                            })
                         }
                     });
                     if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {

@@ -1,0 +1,343 @@
+//! The access log: one line per request, written when its answer has been sent
+//! (or abandoned), with a request id, the cache, the endpoint class, the status,
+//! the bytes each way, the duration and the subject of the token — never the token.
+//!
+//! The request id is also the `x-request-id` response header and the `id` of the
+//! `request` span every other log line of that request is written in, so an
+//! operator can go from a client's error to the server's account of it.
+//!
+//! Who called is only known once a handler has checked the token, so the handler
+//! side records it in a task-local [`Note`] ([`note_caller`], [`note_s3_key`]) that
+//! this layer reads back when the line is written.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::{HeaderValue, Method};
+use http_body::{Frame, SizeHint};
+use tracing::Instrument as _;
+
+use crate::auth::Caller;
+use crate::metrics::Class;
+
+/// The response header that carries the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static NOTE: Arc<Note>;
+}
+
+/// What the handlers of one request learn for its log line.
+#[derive(Debug, Default)]
+pub struct Note {
+    subject: OnceLock<String>,
+}
+
+/// Record who called, for the access log of the request being served (a no-op
+/// outside one). Anonymous callers stay unrecorded (`-` in the log).
+pub(crate) fn note_caller(who: &Caller) {
+    let subject = match who {
+        Caller::Anonymous => return,
+        Caller::Admin => "admin".to_owned(),
+        Caller::Token(claims) => claims.sub.clone(),
+    };
+    let _ = NOTE.try_with(|n| n.subject.set(subject));
+}
+
+/// Record the S3 access key (by name) that signed the request being served.
+pub(crate) fn note_s3_key(name: &str) {
+    let _ = NOTE.try_with(|n| n.subject.set(format!("s3:{name}")));
+}
+
+/// A process-unique request id: a random prefix fixed at start, then a counter.
+fn next_request_id() -> String {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random::<u32>);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:08x}{n:08x}")
+}
+
+/// The cache a Nix or API request names, read from its path.
+fn cache_of(class: Class, path: &str) -> Option<&str> {
+    fn first(s: &str) -> Option<&str> {
+        s.split('/').next().filter(|c| !c.is_empty())
+    }
+    match class {
+        Class::narinfo | Class::nar | Class::upload | Class::other => {
+            let rest = path.strip_prefix('/')?;
+            if let Some(api) = rest.strip_prefix("_api/v1/") {
+                return api
+                    .strip_prefix("cache/")
+                    .or_else(|| api.strip_prefix("cache-config/"))
+                    .and_then(first);
+            }
+            if rest.starts_with('_') || rest == "metrics" || !rest.contains('/') {
+                return None;
+            }
+            first(rest)
+        }
+        Class::api => path
+            .strip_prefix("/_api/v1/")
+            .and_then(|api| {
+                api.strip_prefix("cache/")
+                    .or_else(|| api.strip_prefix("cache-config/"))
+            })
+            .and_then(first),
+        Class::s3 => None,
+    }
+}
+
+/// One request's account, written when its response body ends or is dropped.
+struct Entry {
+    id: String,
+    started: Instant,
+    method: Method,
+    path: String,
+    class: Class,
+    remote: Option<SocketAddr>,
+    status: u16,
+    /// The response body's length, when known up front.
+    length: Option<u64>,
+    received: Arc<AtomicU64>,
+    sent: u64,
+    head: bool,
+    finished: bool,
+    failed: bool,
+    note: Arc<Note>,
+}
+
+impl Entry {
+    fn write(&self, complete: bool) {
+        let cache = cache_of(self.class, &self.path).unwrap_or("-");
+        let subject = self.note.subject.get().map(String::as_str).unwrap_or("-");
+        let remote = self
+            .remote
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|| "-".to_owned());
+        let outcome = if self.failed {
+            "error"
+        } else if complete || self.head {
+            "complete"
+        } else {
+            "aborted"
+        };
+        tracing::info!(
+            target: "larder::access",
+            request_id = %self.id,
+            remote = %remote,
+            method = %self.method,
+            path = %self.path,
+            cache = %cache,
+            class = ?self.class,
+            status = self.status,
+            bytes_in = self.received.load(Ordering::Relaxed),
+            bytes_out = self.sent,
+            duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            subject = %subject,
+            outcome = %outcome,
+            "request"
+        );
+    }
+}
+
+/// A body that counts the bytes it yields and writes the access-log line when it
+/// is done with (sent to its end, or dropped half way when the client left).
+pub struct Logged<B: HttpBody> {
+    inner: B,
+    entry: Option<Entry>,
+}
+
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Logged<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(e) = self.entry.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        e.sent += data.len() as u64;
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => e.failed = true,
+                Poll::Ready(None) => e.finished = true,
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: HttpBody> Drop for Logged<B> {
+    fn drop(&mut self) {
+        if let Some(e) = self.entry.take() {
+            // hyper stops polling once a body with a known length has been sent.
+            let complete =
+                e.finished || self.inner.is_end_stream() || e.length.is_some_and(|n| e.sent >= n);
+            e.write(complete);
+        }
+    }
+}
+
+/// A request body that counts what the handler reads of it.
+struct CountedBody {
+    inner: Body,
+    read: Arc<AtomicU64>,
+}
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.read.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What [`begin`] hands back: the request to pass on, and what [`finish`] needs.
+pub struct Pending {
+    entry: Entry,
+    span: tracing::Span,
+}
+
+/// Start the account of `req`: give it a request id and a [`Note`], count its
+/// body. `remote` is the peer, when the listener knows it.
+pub fn begin(
+    req: hyper::Request<Body>,
+    class: Class,
+    remote: Option<SocketAddr>,
+) -> (hyper::Request<Body>, Pending) {
+    let id = next_request_id();
+    let read = Arc::new(AtomicU64::new(0));
+    let (parts, body) = req.into_parts();
+    let counted = Body::new(CountedBody {
+        inner: body,
+        read: read.clone(),
+    });
+    let span = tracing::info_span!("request", id = %id);
+    let entry = Entry {
+        id,
+        started: Instant::now(),
+        head: parts.method == Method::HEAD,
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        class,
+        remote,
+        status: 0,
+        length: None,
+        received: read,
+        sent: 0,
+        finished: false,
+        failed: false,
+        note: Arc::new(Note::default()),
+    };
+    (
+        hyper::Request::from_parts(parts, counted),
+        Pending { entry, span },
+    )
+}
+
+impl Pending {
+    /// Run the handler inside the request's span and with its [`Note`] in scope.
+    pub async fn run<F: std::future::Future>(&self, fut: F) -> F::Output {
+        NOTE.scope(self.entry.note.clone(), fut.instrument(self.span.clone()))
+            .await
+    }
+
+    /// Attach the account to the response: the `x-request-id` header, and a body
+    /// that writes the log line when it is done.
+    pub fn finish<B: HttpBody>(mut self, resp: hyper::Response<B>) -> hyper::Response<Logged<B>> {
+        let (mut parts, body) = resp.into_parts();
+        if let Ok(v) = HeaderValue::from_str(&self.entry.id) {
+            parts.headers.insert(REQUEST_ID_HEADER, v);
+        }
+        self.entry.status = parts.status.as_u16();
+        self.entry.length = body.size_hint().exact().or_else(|| {
+            parts
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        });
+        hyper::Response::from_parts(
+            parts,
+            Logged {
+                inner: body,
+                entry: Some(self.entry),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_and_header_safe() {
+        let a = next_request_id();
+        let b = next_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        assert!(HeaderValue::from_str(&a).is_ok());
+    }
+
+    #[test]
+    fn the_cache_is_read_from_nix_and_api_paths() {
+        assert_eq!(
+            cache_of(Class::narinfo, "/team-a/abc.narinfo"),
+            Some("team-a")
+        );
+        assert_eq!(
+            cache_of(Class::nar, "/team-a/nar/x.nar.zst"),
+            Some("team-a")
+        );
+        assert_eq!(
+            cache_of(Class::api, "/_api/v1/cache-config/team-b"),
+            Some("team-b")
+        );
+        assert_eq!(
+            cache_of(Class::api, "/_api/v1/cache/team-c/pins"),
+            Some("team-c")
+        );
+        assert_eq!(cache_of(Class::api, "/_api/v1/stats"), None);
+        assert_eq!(cache_of(Class::other, "/metrics"), None);
+        assert_eq!(cache_of(Class::other, "/"), None);
+        assert_eq!(cache_of(Class::s3, "/bucket/key"), None);
+    }
+}
