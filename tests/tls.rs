@@ -795,3 +795,49 @@ fn tls_allowed_hosts_refuses_unknown_host_with_400() {
     .ok();
     assert_eq!(out.stdout.trim(), "400");
 }
+
+/// `larder_tls_certificate_expiry_seconds` follows the served certificate, per
+/// name, through a swap of the files.
+#[test]
+fn tls_certificate_expiry_is_a_metric_per_name() {
+    let ca = TestCa::new("larder test CA");
+    let StaticSetup {
+        server,
+        cert,
+        key,
+        dir: _dir,
+        ..
+    } = static_server(&ca, &[CACHE_HOST, "127.0.0.1"], "");
+    let expiry = |name: &str| -> f64 {
+        let r = http::get(&format!("{}/metrics", server.url()), server.auth());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        let prefix = format!("larder_tls_certificate_expiry_seconds{{name=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no expiry for {name} in\n{text}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    // rcgen's default leaf lives until the year 4096.
+    assert!(expiry(CACHE_HOST) > 1e10);
+
+    let now = time::OffsetDateTime::now_utc();
+    let leaf = ca.issue_until(&[CACHE_HOST], Some(now + time::Duration::days(10)));
+    crate::support::tls::replace_file(&key, &leaf.key_pem);
+    crate::support::tls::replace_file(&cert, &leaf.cert_pem);
+    let ten_days = 10.0 * 86400.0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = expiry(CACHE_HOST);
+        if (ten_days - 120.0..=ten_days).contains(&left) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gauge still says {left} s after the swap"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

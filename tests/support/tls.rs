@@ -218,10 +218,19 @@ impl TestCa {
 
     /// A leaf for `names` (DNS names or IP addresses), signed by this CA.
     pub fn issue(&self, names: &[&str]) -> Issued {
+        self.issue_until(names, None)
+    }
+
+    /// A leaf for `names` that expires at `not_after` (rcgen's far-future default
+    /// when `None`).
+    pub fn issue_until(&self, names: &[&str], not_after: Option<time::OffsetDateTime>) -> Issued {
         let key = rcgen::KeyPair::generate().expect("leaf key");
-        let params =
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
+        if let Some(t) = not_after {
+            params.not_after = t;
+        }
         let cert = params.signed_by(&key, &self.ca).expect("signing a leaf");
         Issued {
             cert_pem: cert.pem(),
