@@ -396,3 +396,59 @@ fn metrics_listen_serves_metrics_without_a_token() {
         401
     );
 }
+
+/// Every metric the Grafana dashboard and the alert rules in docs/operations.md
+/// query is one larder exports: a family of [`FAMILIES`] (each checked against a
+/// live scrape above), with its `_total`/`_bucket` sample suffix, or the TLS gauge
+/// (checked in the TLS tests).
+#[test]
+fn the_grafana_dashboard_and_the_alerts_query_only_exported_metrics() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("docs/grafana/larder.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dashboard["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 15, "{} queries", exprs.len());
+    let ops = std::fs::read_to_string(repo.join("docs/operations.md")).unwrap();
+    exprs.extend(
+        ops.lines()
+            .filter_map(|l| l.trim().strip_prefix("expr: "))
+            .map(str::to_owned),
+    );
+    let mut known: Vec<String> = vec!["larder_tls_certificate_expiry_seconds".into()];
+    for (name, typ) in FAMILIES {
+        match *typ {
+            "counter" => known.push(format!("{name}_total")),
+            "histogram" => {
+                for s in ["_bucket", "_sum", "_count"] {
+                    known.push(format!("{name}{s}"));
+                }
+            }
+            _ => known.push(name.to_string()),
+        }
+    }
+    let mut used = 0;
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("larder_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            assert!(
+                known.iter().any(|k| k == name),
+                "{name} (in `{e}`) is not a metric larder exports"
+            );
+            used += 1;
+            rest = &tail[end..];
+        }
+    }
+    assert!(used >= 20, "only {used} metric references found");
+}
