@@ -164,17 +164,24 @@ async fn dispatch(
         }
         (Endpoint::Nar(file), _, true) => {
             require_type(&headers, NAR_TYPES)?;
-            if let Some(len) = headers
+            let declared_len = headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-            {
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(len) = declared_len {
                 if len > larder.config.max_nar_bytes {
                     return Err(ApiError(ServiceError::TooLarge(format!(
                         "upload of {len} bytes is over the {}-byte limit",
                         larder.config.max_nar_bytes
                     ))));
                 }
+            }
+            if let Some(len) = declared_len {
+                // Refused here, before the body is invited (`100 Continue`) or read,
+                // a NAR the disk has no room for costs the client no upload, and a
+                // client's retry is answered at once.
+                let (w, c) = (who.clone(), cache.clone());
+                blocking(&larder, move |l| l.precheck_nar_upload(&w, &c, len)).await?;
             }
             let (rx, pumping) = pump(take(body)?);
             let file = file.clone();

@@ -13,3 +13,15 @@ pub enum MetaError {
     #[error("metadata schema version {found} is newer than this larder supports ({supported}); upgrade larder")]
     TooNew { found: i64, supported: i64 },
 }
+
+impl MetaError {
+    /// Whether SQLite failed because the filesystem is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            MetaError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+}

@@ -34,11 +34,39 @@ pub enum ServiceError {
     #[error("{0}")]
     Damaged(String),
     #[error("metadata: {0}")]
-    Meta(#[from] MetaError),
+    Meta(MetaError),
     #[error("chunk store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// The answer when the data dir's filesystem has no room left: a 507 the client
+/// can act on (retry later, or ask the operator), not an internal error.
+fn disk_full(what: &str) -> ServiceError {
+    ServiceError::InsufficientStorage(format!(
+        "the server's disk is full ({what} could not be written); the operator must free space (larder path delete, larder gc)"
+    ))
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            tracing::error!(error = %e, "the data dir's disk is full");
+            return disk_full("chunk data");
+        }
+        ServiceError::Store(e)
+    }
+}
+
+impl From<MetaError> for ServiceError {
+    fn from(e: MetaError) -> Self {
+        if e.is_disk_full() {
+            tracing::error!(error = %e, "the data dir's disk is full");
+            return disk_full("metadata");
+        }
+        ServiceError::Meta(e)
+    }
 }
 
 impl From<crate::nix::Error> for ServiceError {

@@ -196,6 +196,18 @@ impl Larder {
         })
     }
 
+    /// Before a NAR upload of `len` bytes is read: the caller may push to `cache`
+    /// and the disk has room for it. Call from a blocking thread.
+    pub fn precheck_nar_upload(
+        &self,
+        caller: &Caller,
+        cache: &str,
+        len: u64,
+    ) -> Result<(), ServiceError> {
+        self.authorize(caller, cache, Permission::Push)?;
+        self.check_disk_room(len)
+    }
+
     /// `PUT <cache>/nar/<file>`: stage a NAR. Call from a blocking thread.
     pub fn put_nar(
         &self,

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// The redb index failed.
     #[error("chunk index: {0}")]
     Index(String),
+    /// The index could not be written: the filesystem is full.
+    #[error("chunk index: the disk is full: {0}")]
+    DiskFull(String),
     /// A chunk is absent from the index or its pack.
     #[error("chunk {} is missing", hex::encode(.0))]
     Missing(ChunkId),
@@ -41,6 +44,15 @@ impl StoreError {
         }
     }
 
+    /// Whether the filesystem ran out of space (or quota) under this error.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => is_disk_full_io(source),
+            StoreError::DiskFull(_) => true,
+            _ => false,
+        }
+    }
+
     /// The chunk this error is about, when it is damage to one chunk.
     pub fn damaged_chunk(&self) -> Option<ChunkId> {
         match self {
@@ -50,15 +62,57 @@ impl StoreError {
     }
 }
 
-macro_rules! index_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Index(e.to_string())
+/// ENOSPC or EDQUOT.
+pub fn is_disk_full_io(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Whether a redb error is an I/O error that means "disk full" (redb's errors do
+/// not expose their cause through `source()`, so each wrapper is unwrapped here).
+trait RedbDiskFull {
+    fn disk_full(&self) -> bool;
+}
+
+impl RedbDiskFull for redb::StorageError {
+    fn disk_full(&self) -> bool {
+        matches!(self, redb::StorageError::Io(e) if is_disk_full_io(e))
+    }
+}
+
+macro_rules! redb_wrapper_disk_full {
+    ($($t:ident),*) => {$(
+        impl RedbDiskFull for redb::$t {
+            fn disk_full(&self) -> bool {
+                matches!(self, redb::$t::Storage(s) if s.disk_full())
             }
         }
     )*};
 }
+redb_wrapper_disk_full!(DatabaseError, TransactionError, TableError, CommitError);
+
+impl RedbDiskFull for redb::Error {
+    fn disk_full(&self) -> bool {
+        matches!(self, redb::Error::Io(e) if is_disk_full_io(e))
+    }
+}
+
+macro_rules! index_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                if e.disk_full() {
+                    StoreError::DiskFull(e.to_string())
+                } else {
+                    StoreError::Index(e.to_string())
+                }
+            }
+        }
+    )*};
+}
+
 index_err!(
     redb::Error,
     redb::DatabaseError,

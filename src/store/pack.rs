@@ -105,9 +105,11 @@ impl PackBackend {
         header.extend_from_slice(PACK_MAGIC);
         header.extend_from_slice(&PACK_VERSION.to_le_bytes());
         header.extend_from_slice(&id.to_le_bytes());
-        file.write_all(&header)
-            .map_err(|e| StoreError::io(&path, e))?;
-        file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        if let Err(e) = file.write_all(&header).and_then(|()| file.sync_all()) {
+            // Nothing names this pack yet: on a full disk, leave no stub behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(StoreError::io(&path, e));
+        }
         // The new directory entry must survive power loss before any record in the
         // pack is indexed.
         File::open(&self.dir)
@@ -224,9 +226,13 @@ impl Backend for PackBackend {
             locs.push(loc);
         }
         if let Err(e) = w.file.write_all(&buf) {
-            // The tail may be torn: never append after it.
+            // The tail may be torn. Cut it off (on a full disk this gives the space
+            // back) and go on appending at the last whole record; when even that
+            // fails, never append after it.
             let path = self.path(w.id);
-            *guard = None;
+            if w.file.set_len(w.len).is_err() {
+                *guard = None;
+            }
             return Err(StoreError::io(&path, e));
         }
         w.len = offset;

@@ -336,6 +336,29 @@ impl Larder {
         Ok(false)
     }
 
+    /// Refuse, before reading it, an upload of `len` bytes (its Content-Length)
+    /// that the data dir's filesystem has no room for, keeping
+    /// [`disk_reserve`] free for GC, compaction and the metadata. A retry of the
+    /// same upload is then refused at once too, rather than read to the point
+    /// where the disk fills again.
+    pub(crate) fn check_disk_room(&self, len: u64) -> Result<(), ServiceError> {
+        let Ok(st) = rustix::fs::statvfs(&self.config.data_dir) else {
+            return Ok(());
+        };
+        let block = st.f_frsize.max(1);
+        let free = st.f_bavail.saturating_mul(block);
+        let reserve = disk_reserve(st.f_blocks.saturating_mul(block));
+        if len.saturating_add(reserve) > free {
+            return Err(ServiceError::InsufficientStorage(format!(
+                "the server's disk has {} free (it keeps {} for GC and metadata), too little for this upload of {}; the operator must free space (larder path delete, larder gc)",
+                human_bytes(free),
+                human_bytes(reserve),
+                human_bytes(len)
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuse a NAR that can never fit: larger than the budget or the quota.
     pub(crate) fn check_fits(
         &self,
@@ -551,4 +574,15 @@ impl Larder {
             last_gc,
         })
     }
+}
+
+/// The free space uploads leave alone on a filesystem of `total` bytes: 2 %, at
+/// most 64 MiB. GC's sweep and eviction, SQLite and the redb index write into it.
+pub fn disk_reserve(total: u64) -> u64 {
+    (total / 50).min(64 << 20)
+}
+
+fn human_bytes(n: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    format!("{:.1} MiB", n as f64 / MIB)
 }
