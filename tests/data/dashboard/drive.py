@@ -200,7 +200,9 @@ def main():
             d.set_window_size(390, 844)
             result["phone_overflow_px"] = d.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth")
-            result["phone_png"] = screenshot(d, os.path.join(out_dir, "phone.png"), 390)
+            d.execute_script("window.scrollTo(0, 0)")
+            result["phone_png"] = os.path.join(out_dir, "phone.png")
+            d.save_screenshot(result["phone_png"])  # one phone screen, from the top
             d.set_window_size(1280, 1000)
 
             sign_out(d)
