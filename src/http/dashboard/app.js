@@ -98,10 +98,22 @@
     return lines.join("\n");
   }
 
-  function copy(text, button) {
+  // Copy to the clipboard where the browser allows it (HTTPS or localhost);
+  // elsewhere select the text so the user can copy it by hand.
+  function copy(text, button, source) {
     const done = () => { button.textContent = "Copied"; setTimeout(() => { button.textContent = "Copy"; }, 1500); };
+    const select = () => {
+      if (source.select) { source.select(); return; }
+      const range = document.createRange();
+      range.selectNodeContents(source);
+      const sel = window.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+    };
     if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done, () => {});
+      navigator.clipboard.writeText(text).then(done, select);
+    } else {
+      select();
     }
   }
 
@@ -137,7 +149,7 @@
     const conf = nixConf(s);
     card.querySelector("pre.conf").textContent = conf;
     const b = card.querySelector(".copy-conf");
-    b.addEventListener("click", () => copy(conf, b));
+    b.addEventListener("click", () => copy(conf, b, card.querySelector("pre.conf")));
     return card;
   }
 
@@ -339,7 +351,7 @@
     $("signout").addEventListener("click", signOut);
     $("refresh").addEventListener("click", () => { document.body.dataset.state = "loading"; load(); });
     $("mint-form").addEventListener("submit", mint);
-    $("minted-copy").addEventListener("click", () => copy($("minted-token").value, $("minted-copy")));
+    $("minted-copy").addEventListener("click", () => copy($("minted-token").value, $("minted-copy"), $("minted-token")));
     if (token()) {
       document.body.dataset.state = "loading";
       load();
