@@ -19,9 +19,11 @@ stage() {
 # Debian packages the tests use: Nix 2.8 as the real client, curl for poking at a
 # server by hand, shellcheck for the scripts; debootstrap, systemd-nspawn and ip
 # for the appliance's real-boot test (tests/appliance.rs); pebble (with
-# pebble-challtestsrv) as a real ACME CA for the TLS tests (tests/tls.rs).
+# pebble-challtestsrv) as a real ACME CA for the TLS tests (tests/tls.rs);
+# chromium and chromium-driver as the real browser the dashboard test drives
+# (tests/dashboard.rs).
 packages=(nix-bin curl ca-certificates shellcheck awscli rclone s3cmd python3-venv
-    debootstrap systemd-container iproute2 pebble)
+    debootstrap systemd-container iproute2 pebble chromium chromium-driver)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -52,12 +54,13 @@ done
 
 # The S3 tests drive the aws cli, rclone and s3cmd (apt, above) and boto3, which
 # comes from pip into a venv of its own, made once; the metrics test parses
-# /metrics with prometheus_client's parser from the same venv.
+# /metrics with prometheus_client's parser from the same venv, and the dashboard
+# test drives chromium with Selenium from it.
 venv=target/test-venv
-if ! "$venv/bin/python3" -c 'import boto3, prometheus_client' >/dev/null 2>&1; then
-    stage "installing boto3 and prometheus_client into $venv" "under a minute, once"
+if ! "$venv/bin/python3" -c 'import boto3, prometheus_client, selenium' >/dev/null 2>&1; then
+    stage "installing boto3, prometheus_client and selenium into $venv" "under a minute, once"
     python3 -m venv "$venv"
-    "$venv/bin/python3" -m pip install --quiet boto3 prometheus-client
+    "$venv/bin/python3" -m pip install --quiet boto3 prometheus-client selenium
 fi
 
 # Slow-to-make test assets, kept between runs on one machine: the appliance

@@ -16,6 +16,7 @@ mod bad_input;
 mod bootstrap;
 mod cli;
 mod client;
+mod dashboard;
 mod dedup;
 mod durability;
 mod gc;

@@ -201,6 +201,7 @@ fn send(server: &Server, fx: &Fixture, route: &str, cache: &str, token: Option<&
         ),
         "GET attic-cache-info" => http::get(&format!("{base}/attic-cache-info"), auth),
         "GET cache-config" => http::get(&format!("{api}/cache-config/{cache}"), auth),
+        "GET summary" => http::get(&format!("{api}/cache/{cache}/summary"), auth),
         "POST get-missing-paths" => http::request(
             "POST",
             &format!("{api}/get-missing-paths"),
@@ -326,6 +327,11 @@ const ROUTES: &[Route] = &[
     },
     Route {
         name: "GET cache-config",
+        needs: &["pull"],
+        ok: 200,
+    },
+    Route {
+        name: "GET summary",
         needs: &["pull"],
         ok: 200,
     },

@@ -4,6 +4,7 @@
 
 pub mod access;
 mod api;
+mod dashboard;
 mod edge;
 mod error;
 pub mod lifecycle;
@@ -35,6 +36,9 @@ pub fn router(larder: Arc<Larder>) -> Router {
     let limit = larder.config.max_small_body;
     let router = Router::new()
         .route("/_health", get(|| async { "ok\n" }))
+        .route("/", get(dashboard::index))
+        .route("/_dashboard/app.js", get(dashboard::script))
+        .route("/_dashboard/app.css", get(dashboard::style))
         .route("/metrics", get(metrics::get))
         .route(
             "/_api/v1/cache-config/{cache}",
@@ -71,6 +75,7 @@ pub fn router(larder: Arc<Larder>) -> Router {
             post(lifecycle::delete_paths),
         )
         .route("/_api/v1/cache/{cache}/usage", get(lifecycle::usage))
+        .route("/_api/v1/cache/{cache}/summary", get(dashboard::summary))
         .route(
             "/_api/v1/cache/{cache}/quota",
             axum::routing::put(lifecycle::set_quota),

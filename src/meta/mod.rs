@@ -20,7 +20,7 @@ mod tokens;
 pub use caches::{CacheRow, NewCache};
 pub use error::MetaError;
 pub use gc::{AccessKey, CacheLifecycle, GcSnapshot, ObjectRef, PinRow};
-pub use objects::{NarRow, ObjectRow, StagedNar};
+pub use objects::{NarRow, ObjectRow, RecentPath, StagedNar};
 pub use s3::{
     BucketDelete, BucketRow, KeyInsert, KeyWindow, NewObject, ObjectSummary, PartRow, S3Grant,
     S3Key, S3ObjectRow, UploadRow, WriteOutcome,

@@ -40,6 +40,18 @@ pub struct ObjectRow {
     pub narinfo: String,
 }
 
+/// A store path as the dashboard lists a cache's latest pushes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecentPath {
+    pub store_path: String,
+    /// Uncompressed NAR bytes.
+    pub nar_size: u64,
+    /// Stored (compressed) NAR bytes.
+    pub file_size: u64,
+    /// When the path was stored (Unix seconds).
+    pub stored_at: i64,
+}
+
 fn hash_blob(v: Vec<u8>) -> Result<[u8; 32], MetaError> {
     v.try_into()
         .map_err(|_| MetaError::Damaged("a NAR hash is not 32 bytes".into()))
@@ -323,6 +335,25 @@ impl Meta {
             "DELETE FROM staged WHERE created_at < ?1",
             [now() - max_age_secs],
         )?)
+    }
+
+    /// The `limit` paths of a cache stored last, newest first.
+    pub fn recent_paths(&self, cache_id: i64, limit: u32) -> Result<Vec<RecentPath>, MetaError> {
+        let c = self.conn()?;
+        let mut st = c.prepare_cached(
+            "SELECT o.store_path, n.nar_size, n.file_size, o.created_at \
+             FROM objects o JOIN nars n ON n.id = o.nar_id WHERE o.cache_id = ?1 \
+             ORDER BY o.created_at DESC, o.store_path LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![cache_id, limit], |r| {
+            Ok(RecentPath {
+                store_path: r.get(0)?,
+                nar_size: r.get::<_, i64>(1)? as u64,
+                file_size: r.get::<_, i64>(2)? as u64,
+                stored_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Counts for `larder stats`: (nars, store paths).

@@ -98,6 +98,14 @@ struct CacheCounters {
     pushes: Counter,
 }
 
+/// One cache's counters, read for the dashboard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CacheCounts {
+    pub narinfo_hits: u64,
+    pub narinfo_misses: u64,
+    pub pushes: u64,
+}
+
 /// Store figures read at scrape time.
 #[derive(Clone, Debug, Default)]
 pub struct StoreFigures {
@@ -427,6 +435,21 @@ impl Metrics {
         } else {
             c.misses.inc();
         }
+    }
+
+    /// `cache`'s narinfo hits, misses and pushes since the server started (zeros
+    /// for a cache not seen yet). Creates nothing.
+    pub fn cache_counts(&self, cache: &str) -> CacheCounts {
+        let Ok(map) = self.caches.read() else {
+            return CacheCounts::default();
+        };
+        map.get(cache)
+            .map(|c| CacheCounts {
+                narinfo_hits: c.hits.get(),
+                narinfo_misses: c.misses.get(),
+                pushes: c.pushes.get(),
+            })
+            .unwrap_or_default()
     }
 
     /// A store path committed to `cache`.

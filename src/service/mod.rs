@@ -6,6 +6,7 @@
 
 mod attic;
 mod caches;
+mod dashboard;
 mod decode;
 mod error;
 pub mod gc;
@@ -19,6 +20,7 @@ mod verify;
 
 pub use attic::{NarInfoSource, UploadPathNarInfo, UploadPathResult};
 pub use caches::{CacheConfig, CacheConfigPatch, CacheCreate, KeypairSpec, RetentionPeriod};
+pub use dashboard::CacheSummary;
 pub use error::ServiceError;
 pub use s3_keys::{S3GrantRequest, S3GrantView, S3KeyImport, S3KeySecret, S3KeyView};
 pub use serve::{is_served_nar_name, ByteRange, NarBody, NarResponse};

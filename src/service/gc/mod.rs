@@ -528,6 +528,11 @@ impl Larder {
     /// A cache's usage and lifecycle settings (needs `pull`).
     pub fn cache_usage(&self, caller: &Caller, cache: &str) -> Result<CacheUsage, ServiceError> {
         let row = self.authorize(caller, cache, Permission::Pull)?;
+        self.usage_of(&row)
+    }
+
+    /// A cache's usage, for a caller already authorized.
+    pub(crate) fn usage_of(&self, row: &crate::meta::CacheRow) -> Result<CacheUsage, ServiceError> {
         let (paths, stored_bytes, logical_bytes) = self.meta.cache_usage(row.id)?;
         Ok(CacheUsage {
             paths,
