@@ -18,6 +18,7 @@ mod cli;
 mod client;
 mod dashboard;
 mod dedup;
+mod disk_full;
 mod durability;
 mod gc;
 mod harness;

@@ -150,6 +150,17 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
             "compacted"
         }
     );
+    if report.packs_punched > 0 {
+        println!(
+            "{} packs {} in place (the disk had no room to rewrite them)",
+            report.packs_punched,
+            if report.dry_run {
+                "to punch"
+            } else {
+                "punched"
+            }
+        );
+    }
     println!(
         "stored on disk: {} before, {} after; live: {}{}",
         human_bytes(report.stored_bytes_before),

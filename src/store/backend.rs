@@ -39,7 +39,8 @@ pub trait Backend: Send + Sync {
     /// enough), without reading it.
     fn check(&self, id: &ChunkId, loc: &Location) -> Result<(), StoreError>;
 
-    /// Every segment with its length in bytes.
+    /// Every segment with the bytes it takes in storage (for a pack file: its
+    /// allocated blocks, at most its length).
     fn segments(&self) -> Result<Vec<(u32, u64)>, StoreError>;
 
     /// The segment appends go to now, if one is open.
@@ -50,4 +51,9 @@ pub trait Backend: Send + Sync {
 
     /// Delete a segment no index entry names any more (durably).
     fn remove(&self, segment: u32) -> Result<(), StoreError>;
+
+    /// Give back the storage of dead byte ranges (`(offset, len)`) of a sealed
+    /// segment, leaving every other byte and the segment's length as they are.
+    /// Ranges past the end are cut off. `Ok(false)` when the backend cannot.
+    fn punch(&self, segment: u32, ranges: &[(u64, u64)]) -> Result<bool, StoreError>;
 }

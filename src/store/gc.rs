@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::backend::{Frame, Location};
-use super::pack::RECORD_HEADER_BYTES;
+use super::pack::{PACK_HEADER_BYTES, RECORD_HEADER_BYTES};
 use super::{ChunkId, ChunkStore, StoreError};
 
 /// Index entries removed per sweep transaction: short enough that an upload
@@ -158,10 +158,18 @@ pub struct CompactOutcome {
 #[derive(Debug, Default)]
 pub struct ReadEpoch;
 
+/// What waits for the readers of an epoch to finish.
+enum Retired {
+    /// A pack to unlink.
+    Pack(u32),
+    /// Dead ranges of a pack to punch out.
+    Holes(u32, Vec<(u64, u64)>),
+}
+
 #[derive(Default)]
 pub(crate) struct Epochs {
     current: Mutex<Arc<ReadEpoch>>,
-    retired: Mutex<Vec<(Weak<ReadEpoch>, u32)>>,
+    retired: Mutex<Vec<(Weak<ReadEpoch>, Retired)>>,
 }
 
 impl Epochs {
@@ -410,6 +418,12 @@ impl ChunkStore {
     /// Stop new reads from finding `segment`, and unlink it once no download that
     /// resolved into it before now is still reading.
     pub fn retire(&self, segment: u32) -> Result<(), StoreError> {
+        self.after_readers(Retired::Pack(segment))
+    }
+
+    /// End the current read epoch, queue `what` for when no reader of it (or an
+    /// earlier epoch) is left, and do what is ready.
+    fn after_readers(&self, what: Retired) -> Result<(), StoreError> {
         let old = {
             let mut cur = self.epochs.current.lock().map_err(|_| poisoned())?;
             std::mem::replace(&mut *cur, Arc::new(ReadEpoch))
@@ -418,35 +432,98 @@ impl ChunkStore {
             .retired
             .lock()
             .map_err(|_| poisoned())?
-            .push((Arc::downgrade(&old), segment));
+            .push((Arc::downgrade(&old), what));
         drop(old);
         self.reap_retired()
     }
 
-    /// Unlink retired packs no reader can still need: a pack retired when epoch
-    /// k ended goes once no reader of epoch k or any earlier one is left (a
-    /// reader of an earlier epoch may have resolved into it too).
+    /// Unlink retired packs (and punch queued holes) no reader can still need:
+    /// what was queued when epoch k ended is done once no reader of epoch k or
+    /// any earlier one is left (a reader of an earlier epoch may have resolved
+    /// into it too).
     pub fn reap_retired(&self) -> Result<(), StoreError> {
-        let ready: Vec<u32> = {
+        let ready: Vec<Retired> = {
             let mut r = self.epochs.retired.lock().map_err(|_| poisoned())?;
             let mut reader_left = false;
             let mut keep = Vec::new();
             let mut gone = Vec::new();
-            for (w, segment) in r.drain(..) {
+            for (w, what) in r.drain(..) {
                 reader_left |= w.upgrade().is_some();
                 if reader_left {
-                    keep.push((w, segment));
+                    keep.push((w, what));
                 } else {
-                    gone.push(segment);
+                    gone.push(what);
                 }
             }
             *r = keep;
             gone
         };
-        for segment in ready {
-            self.backend.remove(segment)?;
+        for what in ready {
+            match what {
+                Retired::Pack(segment) => self.backend.remove(segment)?,
+                Retired::Holes(segment, ranges) => {
+                    if !self.backend.punch(segment, &ranges)? {
+                        tracing::warn!(
+                            segment,
+                            "the filesystem cannot punch holes; a sparse pack stays as it is"
+                        );
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Give back the dead bytes of sealed packs without copying anything (for a
+    /// disk too full to rewrite them): the gaps between indexed records and the
+    /// tail are punched out once no reader can still need them. A pack that is
+    /// open, or holds records of an upload in progress, is skipped. Returns the
+    /// dead bytes queued per pack.
+    pub fn punch_dead(&self, segments: &[u32]) -> Result<Vec<(u32, u64)>, StoreError> {
+        let open = self.backend.open_segment();
+        let busy = self.inflight.segments()?;
+        let wanted: HashSet<u32> = segments
+            .iter()
+            .copied()
+            .filter(|s| Some(*s) != open && !busy.contains(s))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sizes: HashMap<u32, u64> = self.backend.segments()?.into_iter().collect();
+        let mut live: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+        self.index.for_each(|_, loc| {
+            if wanted.contains(&loc.segment) {
+                live.entry(loc.segment)
+                    .or_default()
+                    .push((loc.offset, record_bytes(&loc)));
+            }
+            Ok(())
+        })?;
+        let mut out = Vec::new();
+        for segment in wanted {
+            let mut recs = live.remove(&segment).unwrap_or_default();
+            recs.sort_unstable();
+            let live_bytes: u64 = recs.iter().map(|(_, n)| n).sum();
+            let mut ranges = Vec::new();
+            let mut at = PACK_HEADER_BYTES;
+            for (offset, len) in recs {
+                if offset > at {
+                    ranges.push((at, offset - at));
+                }
+                at = at.max(offset + len);
+            }
+            // The tail, whatever its length (the backend cuts it at the end).
+            ranges.push((at, u64::MAX - at));
+            let dead = sizes
+                .get(&segment)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(live_bytes + PACK_HEADER_BYTES);
+            self.after_readers(Retired::Holes(segment, ranges))?;
+            out.push((segment, dead));
+        }
+        Ok(out)
     }
 
     /// Retired packs still waiting for readers to finish.
@@ -582,5 +659,49 @@ mod tests {
         assert_eq!(store.retired_waiting(), 0);
         assert_eq!(store.read_all(&a).unwrap(), data(300_000, 7));
         assert_eq!(store.read_all(&b).unwrap(), data(300_000, 8));
+    }
+
+    #[test]
+    fn punching_gives_back_dead_ranges_in_place_after_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open_local(dir.path(), 3).unwrap();
+        let keep_bytes = data(2_000_000, 9);
+        let keep = store.ingest(&keep_bytes[..]).unwrap();
+        let gone_bytes = data(2_000_000, 10);
+        let gone = store.ingest(&gone_bytes[..]).unwrap();
+        let live = ids(&keep.manifest);
+        let (kept, dead) = (keep.manifest.clone(), gone.manifest.clone());
+        drop((keep, gone));
+        store.seal_open_pack().unwrap();
+        let before = store.stored_bytes().unwrap();
+        // A download of the dead NAR resolved before the sweep.
+        let early = store.resolve(&dead).unwrap();
+        let w = store.open_window().unwrap();
+        store.sweep(&w, |id| live.contains(id), false).unwrap();
+        drop(w);
+        let seg = store.pack_usage(None).unwrap()[0].segment;
+        let queued = store.punch_dead(&[seg]).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert!(queued[0].1 > 1_500_000, "{queued:?}");
+        assert_eq!(store.retired_waiting(), 1, "the punch waits for the reader");
+        let mut got = Vec::new();
+        store
+            .read_raw_range(&early, 0, u64::MAX, |b| {
+                got.extend_from_slice(&b);
+                true
+            })
+            .unwrap();
+        assert!(got == gone_bytes, "the early reader reads whole bytes");
+        drop(early);
+        store.reap_retired().unwrap();
+        assert_eq!(store.retired_waiting(), 0);
+        let after = store.stored_bytes().unwrap();
+        assert!(
+            after + 1_500_000 < before,
+            "punching gave back too little: {before} -> {after}"
+        );
+        // One pack, same length, live records untouched.
+        assert_eq!(pack_count(dir.path()), 1);
+        assert!(store.read_all(&kept).unwrap() == keep_bytes);
     }
 }

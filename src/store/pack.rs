@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -316,7 +317,9 @@ impl Backend for PackBackend {
                 continue;
             };
             match entry.metadata() {
-                Ok(m) => out.push((id, m.len())),
+                // What the file takes on disk: a pack with punched holes takes
+                // less than its length.
+                Ok(m) => out.push((id, m.len().min(m.blocks().saturating_mul(512)))),
                 // Removed between the listing and the stat.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io(&entry.path(), e)),
@@ -353,6 +356,36 @@ impl Backend for PackBackend {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| StoreError::io(&self.dir, e))
+    }
+
+    fn punch(&self, segment: u32, ranges: &[(u64, u64)]) -> Result<bool, StoreError> {
+        if self.open_segment() == Some(segment) {
+            return Err(StoreError::Index(format!(
+                "pack {segment} is open for appends and cannot be punched"
+            )));
+        }
+        let path = self.path(segment);
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            // Compacted away meanwhile: nothing left to give back.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        for &(offset, n) in ranges {
+            let n = n.min(len.saturating_sub(offset));
+            if n == 0 {
+                continue;
+            }
+            match rustix::fs::fallocate(&file, flags, offset, n) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::OPNOTSUPP) => return Ok(false),
+                Err(e) => return Err(StoreError::io(&path, e.into())),
+            }
+        }
+        file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        Ok(true)
     }
 
     fn check(&self, id: &ChunkId, loc: &Location) -> Result<(), StoreError> {

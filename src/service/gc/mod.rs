@@ -9,7 +9,7 @@ pub use access::AccessLog;
 pub use plan::{Eviction, Reason};
 pub use settings::{GcFileConfig, GcSettings, SizeBudget};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::{require_admin, Larder, ServiceError};
@@ -53,6 +53,10 @@ pub struct GcReport {
     pub bytes_reclaimed: u64,
     pub packs_compacted: u64,
     pub bytes_moved: u64,
+    /// Packs whose dead ranges were punched out in place, because the disk had
+    /// no room to rewrite them (`docs/design/gc.md`).
+    #[serde(default)]
+    pub packs_punched: u64,
     /// Pack bytes on disk before and after.
     /// Time spent marking (the SQLite snapshot) and sweeping the index.
     #[serde(default)]
@@ -259,18 +263,44 @@ impl Larder {
             // What rewriting it gives back, about.
             stored = stored.saturating_sub((file_bytes as f64 * (1.0 - frac)) as u64);
         }
+        // Rewrite a pack only while its live records fit in the free space left
+        // beside the reserve; punch the dead ranges of the others in place.
+        let live_of: HashMap<u32, u64> = usage.iter().map(|u| (u.segment, u.live_bytes)).collect();
+        let mut room = disk_space(&self.config.data_dir)
+            .map(|(free, total)| free.saturating_sub(disk_reserve(total)))
+            .unwrap_or(u64::MAX);
+        let (mut rewrite, mut punch) = (Vec::new(), Vec::new());
+        for segment in chosen {
+            let live = live_of.get(&segment).copied().unwrap_or(0);
+            if live <= room {
+                room -= live;
+                rewrite.push(segment);
+            } else {
+                punch.push(segment);
+            }
+        }
         if dry {
-            report.packs_compacted = chosen.len() as u64;
-        } else if !chosen.is_empty() {
-            if open.is_some_and(|o| chosen.contains(&o)) {
+            report.packs_compacted = rewrite.len() as u64;
+            report.packs_punched = punch.len() as u64;
+        } else if !rewrite.is_empty() || !punch.is_empty() {
+            if open.is_some_and(|o| rewrite.contains(&o) || punch.contains(&o)) {
                 // The pack being appended to: seal it so it can be rewritten.
                 store.seal_open_pack()?;
             }
-            for (_, done) in store.compact(&chosen)? {
+            for (_, done) in store.compact(&rewrite)? {
                 if done.bytes_freed > 0 || done.records_moved > 0 {
                     report.packs_compacted += 1;
                     report.bytes_moved += done.bytes_moved;
                 }
+            }
+            if !punch.is_empty() {
+                let punched = store.punch_dead(&punch)?;
+                report.packs_punched = punched.len() as u64;
+                tracing::warn!(
+                    packs = punched.len(),
+                    dead_bytes = punched.iter().map(|(_, b)| b).sum::<u64>(),
+                    "the disk has no room to rewrite sparse packs; their dead ranges are punched out in place"
+                );
             }
         }
         report.compact_ms = compact_started.elapsed().as_millis() as u64;
@@ -342,12 +372,10 @@ impl Larder {
     /// same upload is then refused at once too, rather than read to the point
     /// where the disk fills again.
     pub(crate) fn check_disk_room(&self, len: u64) -> Result<(), ServiceError> {
-        let Ok(st) = rustix::fs::statvfs(&self.config.data_dir) else {
+        let Some((free, total)) = disk_space(&self.config.data_dir) else {
             return Ok(());
         };
-        let block = st.f_frsize.max(1);
-        let free = st.f_bavail.saturating_mul(block);
-        let reserve = disk_reserve(st.f_blocks.saturating_mul(block));
+        let reserve = disk_reserve(total);
         if len.saturating_add(reserve) > free {
             return Err(ServiceError::InsufficientStorage(format!(
                 "the server's disk has {} free (it keeps {} for GC and metadata), too little for this upload of {}; the operator must free space (larder path delete, larder gc)",
@@ -579,6 +607,17 @@ impl Larder {
             last_gc,
         })
     }
+}
+
+/// Bytes free to an unprivileged writer and the size of the filesystem that
+/// holds `dir`; `None` when it cannot be asked.
+fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let block = st.f_frsize.max(1);
+    Some((
+        st.f_bavail.saturating_mul(block),
+        st.f_blocks.saturating_mul(block),
+    ))
 }
 
 /// The free space uploads leave alone on a filesystem of `total` bytes: 2 %, at
