@@ -8,6 +8,7 @@ mod check_config;
 mod client;
 mod completions;
 mod lifecycle;
+mod log_writer;
 mod remote;
 mod s3;
 mod serve;

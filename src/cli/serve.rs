@@ -45,14 +45,19 @@ pub struct ServeArgs {
 /// Start logging to stderr in `format`. `LARDER_LOG` filters (`info` when unset).
 /// Under systemd's journal (`JOURNAL_STREAM` set) text lines carry no timestamp
 /// and no colour: the journal adds its own.
-fn init_logging(format: larder::config::LogFormat) {
+///
+/// Lines go through a buffer written out by a thread of its own
+/// (`log_writer`), so a request never waits on a write to the journal or a
+/// file. Keep the guard until the end: dropping it writes what is left.
+fn init_logging(format: larder::config::LogFormat) -> super::log_writer::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
         // s3s logs every refused S3 request at ERROR; larder logs its own
         // failures (`LARDER_LOG=info,s3s=debug` shows the protocol detail).
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off"));
+    let (writer, guard) = super::log_writer::buffered_stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     match format {
         larder::config::LogFormat::Json => builder
@@ -68,6 +73,7 @@ fn init_logging(format: larder::config::LogFormat) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    guard
 }
 
 /// Read the admin token, creating it (0600) on first start. Returns the token
@@ -132,7 +138,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_s3_listen(a.s3_listen)?
         .with_metrics_listen(a.metrics_listen)?
         .with_log_format(a.log_format);
-    init_logging(config.log.format);
+    let _log_writer = init_logging(config.log.format);
     create_data_dir(&config.data_dir)?;
     let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     let declared_token = larder::bootstrap::admin_token(&config)?;

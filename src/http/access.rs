@@ -2,13 +2,17 @@
 //! (or abandoned), with a request id, the cache, the endpoint class, the status,
 //! the bytes each way, the duration and the subject of the token — never the token.
 //!
-//! The request id is also the `x-request-id` response header and the `id` of the
-//! `request` span every other log line of that request is written in, so an
-//! operator can go from a client's error to the server's account of it.
+//! The request id is also the `x-request-id` response header and the
+//! `request_id` of the error and refusal lines written while serving the
+//! request, so an operator can go from a client's error to the server's account
+//! of it. (Not a `tracing` span: creating and entering one per request costs
+//! more than a narinfo lookup.)
 //!
 //! Who called is only known once a handler has checked the token, so the handler
 //! side records it in a task-local [`Note`] ([`note_caller`], [`note_s3_key`]) that
-//! this layer reads back when the line is written.
+//! this layer reads back when the line is written. The hot path allocates little:
+//! the id is a number, the subject an `Arc` of the token's claims, and a request
+//! without a body is not wrapped.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,9 +24,8 @@ use std::time::Instant;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderValue, Method};
 use http_body::{Frame, SizeHint};
-use tracing::Instrument as _;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, TokenClaims};
 use crate::metrics::Class;
 
 /// The response header that carries the request id.
@@ -33,9 +36,53 @@ tokio::task_local! {
 }
 
 /// What the handlers of one request learn for its log line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Note {
-    subject: OnceLock<String>,
+    id: RequestId,
+    subject: OnceLock<Subject>,
+}
+
+/// Who called, as the access log names them (a token by its `sub`, never itself).
+#[derive(Debug)]
+enum Subject {
+    Admin,
+    Token(Arc<TokenClaims>),
+    S3Key(String),
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Admin => f.write_str("admin"),
+            Subject::Token(c) => f.write_str(&c.sub),
+            Subject::S3Key(name) => write!(f, "s3:{name}"),
+        }
+    }
+}
+
+/// A request id: a random prefix fixed at start, then a counter; written as 16
+/// hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A process-unique request id.
+fn next_request_id() -> RequestId {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| u64::from(rand::random::<u32>()) << 32);
+    RequestId(prefix | (COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff))
+}
+
+/// The id of the request being served, for a log line about it (`-` outside one).
+pub(crate) fn request_id() -> String {
+    NOTE.try_with(|n| n.id.to_string())
+        .unwrap_or_else(|_| "-".to_owned())
 }
 
 /// Record who called, for the access log of the request being served (a no-op
@@ -43,24 +90,15 @@ pub struct Note {
 pub(crate) fn note_caller(who: &Caller) {
     let subject = match who {
         Caller::Anonymous => return,
-        Caller::Admin => "admin".to_owned(),
-        Caller::Token(claims) => claims.sub.clone(),
+        Caller::Admin => Subject::Admin,
+        Caller::Token(claims) => Subject::Token(claims.clone()),
     };
     let _ = NOTE.try_with(|n| n.subject.set(subject));
 }
 
 /// Record the S3 access key (by name) that signed the request being served.
 pub(crate) fn note_s3_key(name: &str) {
-    let _ = NOTE.try_with(|n| n.subject.set(format!("s3:{name}")));
-}
-
-/// A process-unique request id: a random prefix fixed at start, then a counter.
-fn next_request_id() -> String {
-    static PREFIX: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(rand::random::<u32>);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:08x}{n:08x}")
+    let _ = NOTE.try_with(|n| n.subject.set(Subject::S3Key(name.to_owned())));
 }
 
 /// The cache a Nix or API request names, read from its path.
@@ -68,34 +106,45 @@ fn cache_of(class: Class, path: &str) -> Option<&str> {
     fn first(s: &str) -> Option<&str> {
         s.split('/').next().filter(|c| !c.is_empty())
     }
-    match class {
-        Class::narinfo | Class::nar | Class::upload | Class::other => {
-            let rest = path.strip_prefix('/')?;
-            if let Some(api) = rest.strip_prefix("_api/v1/") {
-                return api
-                    .strip_prefix("cache/")
-                    .or_else(|| api.strip_prefix("cache-config/"))
-                    .and_then(first);
-            }
-            if rest.starts_with('_') || rest == "metrics" || !rest.contains('/') {
-                return None;
-            }
-            first(rest)
-        }
-        Class::api => path
-            .strip_prefix("/_api/v1/")
+    fn api(path: &str) -> Option<&str> {
+        path.strip_prefix("/_api/v1/")
             .and_then(|api| {
                 api.strip_prefix("cache/")
                     .or_else(|| api.strip_prefix("cache-config/"))
             })
-            .and_then(first),
+            .and_then(first)
+    }
+    match class {
         Class::s3 => None,
+        Class::api => api(path),
+        Class::narinfo | Class::nar | Class::upload | Class::other => {
+            let rest = path.strip_prefix('/')?;
+            if rest.starts_with("_api/") {
+                return api(path);
+            }
+            if rest.starts_with('_') || !rest.contains('/') {
+                return None;
+            }
+            first(rest)
+        }
+    }
+}
+
+/// `-` for a missing value in a log line.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
 /// One request's account, written when its response body ends or is dropped.
 struct Entry {
-    id: String,
+    id: RequestId,
     started: Instant,
     method: Method,
     path: String,
@@ -104,7 +153,7 @@ struct Entry {
     status: u16,
     /// The response body's length, when known up front.
     length: Option<u64>,
-    received: Arc<AtomicU64>,
+    received: Option<Arc<AtomicU64>>,
     sent: u64,
     head: bool,
     finished: bool,
@@ -114,12 +163,6 @@ struct Entry {
 
 impl Entry {
     fn write(&self, complete: bool) {
-        let cache = cache_of(self.class, &self.path).unwrap_or("-");
-        let subject = self.note.subject.get().map(String::as_str).unwrap_or("-");
-        let remote = self
-            .remote
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "-".to_owned());
         let outcome = if self.failed {
             "error"
         } else if complete || self.head {
@@ -130,16 +173,16 @@ impl Entry {
         tracing::info!(
             target: "larder::access",
             request_id = %self.id,
-            remote = %remote,
+            remote = %OrDash(self.remote.map(|a| a.ip())),
             method = %self.method,
             path = %self.path,
-            cache = %cache,
+            cache = %OrDash(cache_of(self.class, &self.path)),
             class = ?self.class,
             status = self.status,
-            bytes_in = self.received.load(Ordering::Relaxed),
+            bytes_in = self.received.as_ref().map_or(0, |r| r.load(Ordering::Relaxed)),
             bytes_out = self.sent,
             duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-            subject = %subject,
+            subject = %OrDash(self.note.subject.get()),
             outcome = %outcome,
             "request"
         );
@@ -229,27 +272,30 @@ impl HttpBody for CountedBody {
     }
 }
 
-/// What [`begin`] hands back: the request to pass on, and what [`finish`] needs.
+/// What [`begin`] hands back with the request: what [`Pending::finish`] needs.
 pub struct Pending {
     entry: Entry,
-    span: tracing::Span,
 }
 
-/// Start the account of `req`: give it a request id and a [`Note`], count its
-/// body. `remote` is the peer, when the listener knows it.
+/// Start the account of `req`: give it a request id and a [`Note`], and count
+/// its body if it has one. `remote` is the peer, when the listener knows it.
 pub fn begin(
     req: hyper::Request<Body>,
     class: Class,
     remote: Option<SocketAddr>,
 ) -> (hyper::Request<Body>, Pending) {
     let id = next_request_id();
-    let read = Arc::new(AtomicU64::new(0));
     let (parts, body) = req.into_parts();
-    let counted = Body::new(CountedBody {
-        inner: body,
-        read: read.clone(),
-    });
-    let span = tracing::info_span!("request", id = %id);
+    let (body, received) = if body.is_end_stream() {
+        (body, None)
+    } else {
+        let read = Arc::new(AtomicU64::new(0));
+        let counted = Body::new(CountedBody {
+            inner: body,
+            read: read.clone(),
+        });
+        (counted, Some(read))
+    };
     let entry = Entry {
         id,
         started: Instant::now(),
@@ -260,30 +306,29 @@ pub fn begin(
         remote,
         status: 0,
         length: None,
-        received: read,
+        received,
         sent: 0,
         finished: false,
         failed: false,
-        note: Arc::new(Note::default()),
+        note: Arc::new(Note {
+            id,
+            subject: OnceLock::new(),
+        }),
     };
-    (
-        hyper::Request::from_parts(parts, counted),
-        Pending { entry, span },
-    )
+    (hyper::Request::from_parts(parts, body), Pending { entry })
 }
 
 impl Pending {
-    /// Run the handler inside the request's span and with its [`Note`] in scope.
+    /// Run the handler with the request's [`Note`] in scope.
     pub async fn run<F: std::future::Future>(&self, fut: F) -> F::Output {
-        NOTE.scope(self.entry.note.clone(), fut.instrument(self.span.clone()))
-            .await
+        NOTE.scope(self.entry.note.clone(), fut).await
     }
 
     /// Attach the account to the response: the `x-request-id` header, and a body
     /// that writes the log line when it is done.
     pub fn finish<B: HttpBody>(mut self, resp: hyper::Response<B>) -> hyper::Response<Logged<B>> {
         let (mut parts, body) = resp.into_parts();
-        if let Ok(v) = HeaderValue::from_str(&self.entry.id) {
+        if let Ok(v) = HeaderValue::from_str(&self.entry.id.to_string()) {
             parts.headers.insert(REQUEST_ID_HEADER, v);
         }
         self.entry.status = parts.status.as_u16();
@@ -310,8 +355,8 @@ mod tests {
 
     #[test]
     fn request_ids_are_distinct_and_header_safe() {
-        let a = next_request_id();
-        let b = next_request_id();
+        let a = next_request_id().to_string();
+        let b = next_request_id().to_string();
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
         assert!(HeaderValue::from_str(&a).is_ok());
@@ -335,8 +380,13 @@ mod tests {
             cache_of(Class::api, "/_api/v1/cache/team-c/pins"),
             Some("team-c")
         );
+        assert_eq!(
+            cache_of(Class::upload, "/_api/v1/cache/team-d/x"),
+            Some("team-d")
+        );
         assert_eq!(cache_of(Class::api, "/_api/v1/stats"), None);
         assert_eq!(cache_of(Class::other, "/metrics"), None);
+        assert_eq!(cache_of(Class::other, "/_dashboard/app.js"), None);
         assert_eq!(cache_of(Class::other, "/"), None);
         assert_eq!(cache_of(Class::s3, "/bucket/key"), None);
     }

@@ -61,10 +61,24 @@ impl IntoResponse for ApiError {
         };
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                tracing::warn!(status = status.as_u16(), reason = %self.0, "refused")
+                tracing::warn!(
+                    request_id = %super::access::request_id(),
+                    status = status.as_u16(),
+                    reason = %self.0,
+                    "refused"
+                )
             }
-            s if s.is_server_error() => tracing::error!(error = %self.0, "request failed"),
-            _ => tracing::info!(status = status.as_u16(), reason = %self.0, "client error"),
+            s if s.is_server_error() => tracing::error!(
+                request_id = %super::access::request_id(),
+                error = %self.0,
+                "request failed"
+            ),
+            _ => tracing::info!(
+                request_id = %super::access::request_id(),
+                status = status.as_u16(),
+                reason = %self.0,
+                "client error"
+            ),
         }
         let body = serde_json::json!({
             "code": status.as_u16(),

@@ -19,8 +19,10 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+mod requests;
+use requests::{BytesView, LatencyView, RequestStats, RequestsView};
 
 /// The content type of the text [`Metrics::render`] returns: the Prometheus text
 /// format 0.0.4, which every Prometheus (and its client libraries' parsers) read.
@@ -123,10 +125,7 @@ pub struct StoreFigures {
 /// Every metric larder exports.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: [Histogram; 6],
-    bytes_sent: [Counter; 6],
-    bytes_received: [Counter; 6],
+    requests: Arc<RequestStats>,
     refused: [Counter; 2],
     narinfo_hits: Family<CacheLabel, Counter>,
     narinfo_misses: Family<CacheLabel, Counter>,
@@ -176,44 +175,37 @@ impl Metrics {
     pub fn new() -> Self {
         let mut root = Registry::default();
         let r = root.sub_registry_with_prefix("larder");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = RequestStats::new();
         r.register(
             "http_requests",
             "HTTP requests answered, by endpoint class and status code",
-            requests.clone(),
+            RequestsView(requests.clone()),
         );
         // 100 µs to ~100 s: a narinfo from memory to a large NAR upload.
-        let latency_family = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0001, 4.0, 11,
-            ))
-        });
         r.register_with_unit(
             "http_request_duration",
             "Time from a request's arrival to its response's head, by endpoint class",
             Unit::Seconds,
-            latency_family.clone(),
+            LatencyView(requests.clone()),
         );
-        let sent_family = Family::<ClassLabel, Counter>::default();
         r.register_with_unit(
             "http_response_body",
             "Response body bytes sent (their Content-Length; HEAD sends none), by endpoint class",
             Unit::Bytes,
-            sent_family.clone(),
+            BytesView {
+                stats: requests.clone(),
+                sent: true,
+            },
         );
-        let received_family = Family::<ClassLabel, Counter>::default();
         r.register_with_unit(
             "http_request_body",
             "Request body bytes received (their Content-Length), by endpoint class",
             Unit::Bytes,
-            received_family.clone(),
+            BytesView {
+                stats: requests.clone(),
+                sent: false,
+            },
         );
-        let latency =
-            Class::ALL.map(|class| latency_family.get_or_create_owned(&ClassLabel { class }));
-        let bytes_sent =
-            Class::ALL.map(|class| sent_family.get_or_create_owned(&ClassLabel { class }));
-        let bytes_received =
-            Class::ALL.map(|class| received_family.get_or_create_owned(&ClassLabel { class }));
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
         #[allow(non_camel_case_types)]
         enum Why {
@@ -351,9 +343,6 @@ impl Metrics {
         Metrics {
             registry: root,
             requests,
-            latency,
-            bytes_sent,
-            bytes_received,
             refused,
             narinfo_hits,
             narinfo_misses,
@@ -385,17 +374,7 @@ impl Metrics {
 
     /// One answered request.
     pub fn request(&self, class: Class, code: u16, took: Duration, received: u64, sent: u64) {
-        let i = class as usize;
-        self.requests
-            .get_or_create(&RequestLabels { class, code })
-            .inc();
-        self.latency[i].observe(took.as_secs_f64());
-        if received > 0 {
-            self.bytes_received[i].inc_by(received);
-        }
-        if sent > 0 {
-            self.bytes_sent[i].inc_by(sent);
-        }
+        self.requests.record(class, code, took, received, sent);
         match code {
             401 => {
                 self.refused[0].inc();
@@ -407,10 +386,14 @@ impl Metrics {
         }
     }
 
-    fn cache(&self, name: &str) -> CacheCounters {
+    /// Apply `f` to `name`'s counters, creating them on first sight. A seen cache
+    /// costs one read lock and no clone (an `Arc` clone would be one more write to
+    /// a line every core shares).
+    fn with_cache(&self, name: &str, f: impl Fn(&CacheCounters)) {
         if let Ok(map) = self.caches.read() {
             if let Some(c) = map.get(name) {
-                return c.clone();
+                f(c);
+                return;
             }
         }
         let label = CacheLabel {
@@ -421,20 +404,21 @@ impl Metrics {
             misses: self.narinfo_misses.get_or_create_owned(&label),
             pushes: self.pushes.get_or_create_owned(&label),
         };
+        f(&c);
         if let Ok(mut map) = self.caches.write() {
-            map.insert(name.to_owned(), c.clone());
+            map.entry(name.to_owned()).or_insert(c);
         }
-        c
     }
 
     /// A narinfo lookup in `cache` (one that exists and the caller may pull from).
     pub fn narinfo(&self, cache: &str, hit: bool) {
-        let c = self.cache(cache);
-        if hit {
-            c.hits.inc();
-        } else {
-            c.misses.inc();
-        }
+        self.with_cache(cache, |c| {
+            if hit {
+                c.hits.inc();
+            } else {
+                c.misses.inc();
+            }
+        });
     }
 
     /// `cache`'s narinfo hits, misses and pushes since the server started (zeros
@@ -454,7 +438,9 @@ impl Metrics {
 
     /// A store path committed to `cache`.
     pub fn pushed(&self, cache: &str) {
-        self.cache(cache).pushes.inc();
+        self.with_cache(cache, |c| {
+            c.pushes.inc();
+        });
     }
 
     /// A GC pass ended.
