@@ -88,6 +88,8 @@ fn a_full_disk_refuses_pushes_with_507_keeps_serving_and_recovers_after_gc() {
         refused.describe()
     );
     assert!(server.is_running(), "the server stays up");
+    // Access lines reach the log within 50 ms.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let log = server.log();
     assert!(
         !log.contains("status=500"),

@@ -1,5 +1,8 @@
-//! Where `larder serve`'s log lines go: stderr, through a shared buffer that a
-//! thread of its own writes out every [`FLUSH_EVERY`] (and at the end).
+//! Where `larder serve`'s log lines go: stderr. Access-log lines (target
+//! `larder::access`) gather in a shared buffer that a thread of its own writes
+//! out every [`FLUSH_EVERY`] (and at the end); every other line is written at
+//! once, after what is buffered, so warnings and errors are never late and the
+//! order of lines is kept.
 //!
 //! With one access-log line per request, writing each line as it comes costs a
 //! system call per request, and handing each to a writer thread costs a thread
@@ -102,12 +105,15 @@ pub fn buffered_stderr() -> (BufferedStderr, FlushGuard) {
     )
 }
 
-/// One log line's way into the buffer.
-pub struct LineWriter<'a>(&'a Shared);
+/// One log line's way into the buffer (and, unless `batched`, straight on out).
+pub struct LineWriter<'a> {
+    shared: &'a Shared,
+    batched: bool,
+}
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let full = match self.0.state.lock() {
+        let full = match self.shared.state.lock() {
             Ok(mut s) => {
                 s.buf.extend_from_slice(data);
                 s.buf.len() > MAX_BUFFERED
@@ -117,8 +123,8 @@ impl Write for LineWriter<'_> {
                 return std::io::stderr().write(data);
             }
         };
-        if full {
-            self.0.drain();
+        if full || !self.batched {
+            self.shared.drain();
         }
         Ok(data.len())
     }
@@ -132,6 +138,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
     type Writer = LineWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter(&self.0)
+        LineWriter {
+            shared: &self.0,
+            batched: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        LineWriter {
+            shared: &self.0,
+            batched: meta.target() == "larder::access",
+        }
     }
 }
