@@ -64,6 +64,8 @@ pub struct FileConfig {
     pub s3_buckets: Vec<crate::bootstrap::declared::S3BucketDecl>,
     /// The storage lifecycle (`[gc]`): see `crate::service::gc::settings`.
     pub gc: Option<crate::service::gc::GcFileConfig>,
+    /// The pull-through cache (`[upstreams]`): see `crate::service::upstream`.
+    pub upstreams: Option<crate::service::UpstreamFileConfig>,
 }
 
 /// The S3 region when the config names none.
@@ -168,6 +170,8 @@ pub struct Config {
     pub declared: crate::bootstrap::Declared,
     /// `[gc]`: retention default, size budget, schedule, compaction.
     pub gc: crate::service::gc::GcSettings,
+    /// `[upstreams]`: timeouts and limits of the pull-through cache.
+    pub upstreams: crate::service::UpstreamSettings,
 }
 
 impl FileConfig {
@@ -228,6 +232,7 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let s3 = S3Config::resolve(&file, None)?;
         let gc = crate::service::gc::GcSettings::resolve(file.gc.clone())?;
+        let upstreams = crate::service::UpstreamSettings::resolve(file.upstreams.clone())?;
         let listen_s = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -306,6 +311,7 @@ impl Config {
             admin_token_file,
             declared,
             gc,
+            upstreams,
         })
     }
 

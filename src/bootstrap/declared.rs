@@ -10,6 +10,8 @@
 //! upstream_cache_key_names = ["cache.nixos.org-1"]
 //! retention_period = "global"    # or seconds
 //! signing_key_file = "default-signing-key"   # a credential name or absolute path
+//! # a pull-through cache: what it lacks is fetched from these (docs/design/upstreams.md)
+//! upstreams = [{ url = "https://cache.nixos.org", public_keys = ["cache.nixos.org-1:6NCH…"], priority = 40 }]
 //!
 //! [[tokens]]
 //! sub = "ci"
@@ -58,6 +60,8 @@ pub struct CacheDecl {
     /// --generate-binary-cache-key` writes it). Without it a key is generated once,
     /// when the cache is created, and kept.
     pub signing_key_file: Option<String>,
+    /// Binary caches asked for what this one does not hold; `[]` for none.
+    pub upstreams: Option<Vec<crate::meta::Upstream>>,
 }
 
 /// `retention_period = "global"` or a number of seconds.
@@ -137,6 +141,7 @@ pub struct DeclaredCache {
     pub upstream_cache_key_names: Option<Vec<String>>,
     pub retention_period: Option<RetentionPeriod>,
     pub signing_key: Option<SecretFile>,
+    pub upstreams: Option<Vec<crate::meta::Upstream>>,
 }
 
 /// A declared token, validated.
@@ -282,6 +287,12 @@ fn resolve_cache(i: usize, c: CacheDecl) -> Result<DeclaredCache, ConfigError> {
             )))
         }
     };
+    let upstreams = c
+        .upstreams
+        .as_deref()
+        .map(crate::service::validate_upstreams)
+        .transpose()
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", at("upstreams"))))?;
     let signing_key = c
         .signing_key_file
         .as_deref()
@@ -295,6 +306,7 @@ fn resolve_cache(i: usize, c: CacheDecl) -> Result<DeclaredCache, ConfigError> {
         upstream_cache_key_names: c.upstream_cache_key_names,
         retention_period,
         signing_key,
+        upstreams,
     })
 }
 
