@@ -30,3 +30,4 @@ mod side_files;
 mod substitution;
 mod tls;
 mod tokens;
+mod upstreams;
