@@ -235,10 +235,42 @@ fn a_second_larder_as_upstream() {
     )
     .ok();
 
-    let (lan, _cfg) = proxy_server();
+    let (lan, cfg) = proxy_server();
     let cache = proxy_cache(&lan, "lan", &o.url, &o.public_key);
+
+    // `larder use` on a LAN machine puts the pull-through cache first, ahead of
+    // cache.nixos.org (Nix's default, kept behind it).
+    let nix_conf = cfg.join("nix.conf");
+    let netrc = cfg.join("netrc");
+    lan.remote(&[
+        "use",
+        "lan",
+        "--write",
+        "--nix-conf",
+        s(&nix_conf),
+        "--netrc",
+        s(&netrc),
+    ])
+    .ok();
+    let conf = std::fs::read_to_string(&nix_conf).unwrap();
+    let subs = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("substituters = "))
+        .unwrap_or_else(|| panic!("no substituters line: {conf}"));
+    let entries: Vec<&str> = subs.split_whitespace().collect();
+    assert_eq!(
+        entries,
+        [
+            format!("{}?priority=39", cache.url).as_str(),
+            "https://cache.nixos.org/"
+        ],
+        "{conf}"
+    );
+    assert!(conf.contains(&cache.public_key), "{conf}");
+
+    // Nix substitutes through that entry, trusting only the origin's key.
     let dst = nix.store("dst");
-    nix.substitute(&dst, &c.top, &cache.url, &o.public_key, None)
+    nix.substitute(&dst, &c.top, entries[0], &o.public_key, None)
         .ok();
     crate::substitution::check_substituted(&nix, &c, &dst);
     assert_eq!(lan.stats().store_paths, 3);
@@ -325,10 +357,12 @@ fn upstream_failures_fail_cleanly_and_store_nothing() {
     assert_eq!(log.matches("upstream is failing").count(), 1, "{log}");
     assert_eq!(log.matches("upstream recovered").count(), 1, "{log}");
 
-    // 500 on the NAR only: a 5xx (never a 200) and nothing stored.
+    // 500 on the NAR only: larder waits for the first bytes before its status
+    // line, so the client gets a 502 (never a 200) and nothing is stored.
     up.control("/nar/ status 500\n");
     let (r, _, size) = fetch_through(&cache, &c.mid);
     assert_no_good_body(&r, size, "upstream NAR 500");
+    assert_eq!(r.as_ref().map(|x| x.status).ok(), Some(502), "{r:?}");
 
     // Truncated NAR: the client's connection is cut short.
     up.control("/nar/ truncate\n");

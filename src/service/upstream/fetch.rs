@@ -107,9 +107,27 @@ impl Larder {
         let rt = tokio::runtime::Handle::current();
         let me = self.clone();
         let (c, f) = (cache.clone(), file.clone());
-        tokio::task::spawn_blocking(move || me.plain_nar(&rt, &caller, &c, &f, &hash, head))
-            .await
-            .map_err(internal)?
+        let mut resp =
+            tokio::task::spawn_blocking(move || me.plain_nar(&rt, &caller, &c, &f, &hash, head))
+                .await
+                .map_err(internal)??;
+        // Wait for the first bytes (at most the upstream timeout) before the
+        // status line, so an upstream that fails at once is a 502, not a 200
+        // cut short.
+        if let Some(mut body) = resp.body.take() {
+            match body.next().await {
+                Some(Err(e)) => return Err(ServiceError::Upstream(e.to_string())),
+                Some(Ok(first)) => {
+                    resp.body = Some(
+                        futures::stream::once(async { Ok(first) })
+                            .chain(body)
+                            .boxed(),
+                    );
+                }
+                None => resp.body = Some(futures::stream::empty().boxed()),
+            }
+        }
+        Ok(resp)
     }
 
     fn plain_nar(
