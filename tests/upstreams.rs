@@ -133,6 +133,25 @@ fn proxy_cache(server: &Server, name: &str, url: &str, key: &str) -> Cache {
     server.cache(name)
 }
 
+/// Waits until the server holds `n` stored paths: a fetched NAR is committed
+/// just after its clients got it (once checked), when the ingest has caught up.
+#[track_caller]
+fn wait_stored(server: &Server, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = server.stats().store_paths;
+        if got == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} stored paths, expected {n}: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn narinfo_url(cache: &Cache, path: &str) -> String {
     cache.at(&format!("{}.narinfo", hash_part(path)))
 }
@@ -196,7 +215,7 @@ fn upstream_closure_substitutes_through_larder_then_from_larder_alone() {
     }
 
     // Now stored like a pushed path: zstd, counted in stats.
-    assert_eq!(server.stats().store_paths, 3);
+    wait_stored(&server, 3);
     let stored = served(&cache, &c.mid);
     assert_eq!(stored.require("Compression"), "zstd");
     assert!(key_names(&stored).contains(&up_name));
@@ -273,7 +292,7 @@ fn a_second_larder_as_upstream() {
     nix.substitute(&dst, &c.top, entries[0], &o.public_key, None)
         .ok();
     crate::substitution::check_substituted(&nix, &c, &dst);
-    assert_eq!(lan.stats().store_paths, 3);
+    wait_stored(&lan, 3);
 }
 
 #[test]
@@ -418,11 +437,19 @@ fn upstream_failures_fail_cleanly_and_store_nothing() {
     // None of that stored anything; the spool is empty again.
     assert_eq!(server.stats().store_paths, 0, "a failed fetch was stored");
     assert_eq!(served(&cache, &c.mid).require("Compression"), "none");
+    // (A fetch removes its spool file just after telling its clients.)
     let spool = server.data_dir().join("proxy");
-    let left: Vec<_> = std::fs::read_dir(&spool)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "spool files left: {left:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&spool)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spool files left: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // With the upstream healthy again the same path comes through and is stored.
     std::fs::write(&nar_file, original).unwrap();
@@ -430,7 +457,7 @@ fn upstream_failures_fail_cleanly_and_store_nothing() {
     nix.substitute(&dst, &c.top, &cache.url, &cache.public_key, None)
         .ok();
     crate::substitution::check_substituted(&nix, &c, &dst);
-    assert_eq!(server.stats().store_paths, 3);
+    wait_stored(&server, 3);
 }
 
 #[test]
@@ -472,5 +499,5 @@ fn sixteen_clients_share_one_upstream_fetch() {
         1,
         "the NAR was fetched more than once"
     );
-    assert_eq!(server.stats().store_paths, 1);
+    wait_stored(&server, 1);
 }

@@ -79,22 +79,17 @@ impl Read for ChannelReader {
     }
 }
 
-/// Sees every decoded byte of a NAR, in order, once it is known to be NAR so far
-/// (the pull-through cache's spool).
-pub(crate) type NarObserver<'a> = &'a mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send);
-
 /// Hashes, measures and validates the decoded NAR on its way to the chunker.
-struct NarTee<'a, R> {
+struct NarTee<R> {
     inner: R,
     hasher: Sha256Hasher,
     validator: NarValidator,
     size: u64,
     limit: u64,
     reject: RejectSlot,
-    observer: Option<NarObserver<'a>>,
 }
 
-impl<R: Read> Read for NarTee<'_, R> {
+impl<R: Read> Read for NarTee<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         let data = &buf[..n];
@@ -112,9 +107,6 @@ impl<R: Read> Read for NarTee<'_, R> {
             ));
         }
         self.hasher.update(data);
-        if let Some(o) = self.observer.as_mut() {
-            o(data)?;
-        }
         Ok(n)
     }
 }
@@ -157,25 +149,13 @@ impl Larder {
         first: Bytes,
         body: BodyRx,
     ) -> Result<StreamedNar, ServiceError> {
-        self.ingest_nar_with(compression, first, body, self.config.max_nar_bytes, None)
-    }
-
-    /// Like [`Larder::ingest_nar_from`], refusing a NAR over `limit` bytes, and
-    /// showing each decoded piece to `observer` once it has been checked.
-    pub(crate) fn ingest_nar_with(
-        &self,
-        compression: Option<Compression>,
-        first: Bytes,
-        body: BodyRx,
-        limit: u64,
-        observer: Option<NarObserver<'_>>,
-    ) -> Result<StreamedNar, ServiceError> {
         let reject: RejectSlot = Arc::new(Mutex::new(None));
+        let limit = self.config.max_nar_bytes;
         let raw = ChannelReader {
             rx: body,
             received: first.len() as u64,
             current: first,
-            limit: self.config.max_nar_bytes,
+            limit,
             reject: reject.clone(),
         };
         let body_err = |e: std::io::Error| ServiceError::BadRequest(format!("reading upload: {e}"));
@@ -191,7 +171,6 @@ impl Larder {
             size: 0,
             limit,
             reject: reject.clone(),
-            observer,
         };
         let result = self.store()?.ingest(&mut tee);
         let outcome = match result {

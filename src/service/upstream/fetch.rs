@@ -1,28 +1,35 @@
 //! NARs of proxied paths: one upstream fetch per NAR, however many clients ask.
 //!
-//! The first request starts a task that belongs to no client: it GETs the
-//! upstream's NAR, decodes it, and feeds it through the upload path (NAR check,
-//! SHA-256, chunker) and into a spool file in `<data-dir>/proxy/`. Clients read
-//! the spool as it grows, from byte 0, but never its last byte before the NarHash
-//! and NarSize matched and the path was committed: a mismatch, a truncated body or
-//! a stalled upstream ends every client's body with an error (an aborted
-//! connection, never a 200 with a wrong body), and nothing is committed.
+//! The first request starts a task that belongs to no client. It GETs the
+//! upstream's NAR and runs two stages: a decoder that undoes the upstream's
+//! compression, checks the bytes are a NAR no longer than the signed NarSize,
+//! hashes them and appends them to a spool file in `<data-dir>/proxy/`; and,
+//! behind it, the chunk store ingesting from that spool (the upload path's
+//! chunker, with its hold on the chunks until the commit). Clients read the spool
+//! as it grows, from byte 0, but never its last byte before NarHash and NarSize
+//! matched: a mismatch, a truncated body or a stalled upstream ends every
+//! client's body with an error (an aborted connection, never a 200 with a wrong
+//! body), and nothing is committed. A checked NAR is committed once the ingest
+//! has caught up, before the fetch leaves the map of running fetches.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::BodyExt;
+use sha2::{Digest, Sha256 as Sha256Hasher};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Semaphore};
 
 use super::{compression_of, parse_proxied_nar_name, render_served, resolve_url, UpstreamError};
 use crate::auth::{Caller, Permission};
 use crate::meta::{CacheRow, ProxiedRow};
+use crate::nix::nar::NarValidator;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signing::SecretKey;
 use crate::service::{Larder, NarBody, NarResponse, ServiceError};
@@ -260,7 +267,10 @@ impl Larder {
         key: FetchKey,
         spool: PathBuf,
     ) {
-        let state = match self.fetch_and_commit(&row, &proxied, &tx, writer).await {
+        let state = match self
+            .fetch_and_commit(&row, &proxied, &tx, writer, &spool)
+            .await
+        {
             Ok(()) => State::Done,
             Err(e) => {
                 tracing::warn!(cache = %row.name, store_path = %proxied.store_path, error = %e, "NAR from upstream not stored");
@@ -279,7 +289,8 @@ impl Larder {
         row: &Arc<CacheRow>,
         p: &ProxiedRow,
         tx: &watch::Sender<State>,
-        mut writer: std::fs::File,
+        writer: std::fs::File,
+        spool: &std::path::Path,
     ) -> Result<(), ServiceError> {
         let _slot = self
             .upstreams
@@ -313,26 +324,29 @@ impl Larder {
             return Err(e.into());
         }
         self.upstreams.note(&p.upstream_url, Ok(()));
+
+        // Two stages: the decoder checks and spools at the upstream's pace (the
+        // clients follow it); the chunk store ingests from the spool behind it.
+        let shared = Arc::new(Spooled::default());
         let (btx, brx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-        let me = self.clone();
-        let progress = tx.clone();
-        let nar_size = p.nar_size;
-        let ingest = tokio::task::spawn_blocking(move || {
-            let mut written = 0u64;
-            let mut spool = |d: &[u8]| -> std::io::Result<()> {
-                writer.write_all(d)?;
-                written += d.len() as u64;
-                progress.send_replace(State::Running(written));
-                Ok(())
+        let decode = {
+            let (p, tx, shared, url) = (p.clone(), tx.clone(), shared.clone(), url.clone());
+            tokio::task::spawn_blocking(move || {
+                decode_to_spool(brx, compression, &p, writer, &tx, &shared, &url)
+            })
+        };
+        let ingest = {
+            let me = self.clone();
+            let reader = SpoolReader {
+                file: std::fs::File::open(spool)
+                    .map_err(|e| internal(format!("opening {}: {e}", spool.display())))?,
+                pos: 0,
+                shared: shared.clone(),
             };
-            me.ingest_nar_with(
-                Some(compression),
-                Bytes::new(),
-                brx,
-                nar_size,
-                Some(&mut spool),
-            )
-        });
+            tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
+                Ok(me.store()?.ingest(reader)?)
+            })
+        };
         let timeout = self.upstreams.settings.timeout;
         let mut body = resp.into_body();
         let pumped: Result<(), UpstreamError> = loop {
@@ -357,7 +371,7 @@ impl Larder {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         if btx.send(Ok(data)).await.is_err() {
-                            // The ingest stopped early; its error says why.
+                            // The decoder stopped early; its error says why.
                             break Ok(());
                         }
                     }
@@ -365,32 +379,42 @@ impl Larder {
             }
         };
         drop(btx);
-        let ingested = ingest.await.map_err(internal)?;
-        if let Err(e) = pumped {
-            self.upstreams.note(&p.upstream_url, Err(&e));
-            return Err(e.into());
-        }
-        let nar = ingested.map_err(|e| match e {
-            ServiceError::BadRequest(m) | ServiceError::TooLarge(m) => {
-                ServiceError::Upstream(format!("upstream {url}: the NAR does not check out: {m}"))
+        let decoded = decode.await.map_err(internal)?;
+        let checked = match pumped {
+            Err(e) => {
+                self.upstreams.note(&p.upstream_url, Err(&e));
+                Err(ServiceError::from(e))
             }
-            other => other,
-        })?;
-        if nar.nar_hash.0 != p.nar_hash || nar.nar_size != p.nar_size {
-            return Err(ServiceError::Upstream(format!(
-                "upstream {url}: the NAR hashes to {} ({} bytes), not the signed NarHash {} ({} bytes)",
-                nar.nar_hash.to_nix_string(),
-                nar.nar_size,
-                crate::nix::hash::Sha256(p.nar_hash).to_nix_string(),
-                p.nar_size
-            )));
+            Ok(()) => decoded,
+        };
+        shared.finish(checked.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        if let Err(e) = checked {
+            // The ingest ends at the spool's error; its chunks are garbage for GC.
+            let _ = ingest.await;
+            return Err(e);
         }
-        let me = self.clone();
-        let row2 = row.clone();
-        let p2 = p.clone();
-        tokio::task::spawn_blocking(move || me.commit_fetched(&row2, &p2, nar))
-            .await
-            .map_err(internal)?
+        // The body is the signed one: every client may have all of it now.
+        tx.send_replace(State::Done);
+        let stored = match ingest.await.map_err(internal)? {
+            Ok(outcome) => {
+                let nar = crate::service::upload::StreamedNar {
+                    nar_hash: crate::nix::hash::Sha256(p.nar_hash),
+                    nar_size: p.nar_size,
+                    outcome,
+                };
+                let me = self.clone();
+                let (row2, p2) = (row.clone(), p.clone());
+                tokio::task::spawn_blocking(move || me.commit_fetched(&row2, &p2, nar))
+                    .await
+                    .map_err(internal)?
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            // The clients got their (checked) NAR; only the store missed it.
+            tracing::error!(cache = %row.name, store_path = %p.store_path, error = %e, "storing a NAR fetched from upstream failed");
+        }
+        Ok(())
     }
 
     /// Commit every proxied path of the cache that names this NAR.
@@ -420,6 +444,149 @@ impl Larder {
         self.after_push(row.id);
         Ok(())
     }
+}
+
+/// How far the decoder got, for the ingest reading the spool behind it.
+#[derive(Default)]
+struct Spooled {
+    progress: Mutex<Progress>,
+    more: Condvar,
+}
+
+#[derive(Default)]
+struct Progress {
+    len: u64,
+    /// Set when the decoder is done: `Ok` once the NAR checked out.
+    end: Option<Result<(), String>>,
+}
+
+impl Spooled {
+    fn advance(&self, len: u64) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.len = len;
+        }
+        self.more.notify_all();
+    }
+
+    fn finish(&self, end: Result<(), String>) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.end.get_or_insert(end);
+        }
+        self.more.notify_all();
+    }
+}
+
+/// Reads the spool as the decoder writes it; ends where the checked NAR ends,
+/// fails when the decoder failed.
+struct SpoolReader {
+    file: std::fs::File,
+    pos: u64,
+    shared: Arc<Spooled>,
+}
+
+impl Read for SpoolReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let poisoned = || std::io::Error::other("spool progress lock poisoned");
+        let mut p = self.shared.progress.lock().map_err(|_| poisoned())?;
+        loop {
+            if self.pos < p.len {
+                let want = (p.len - self.pos).min(buf.len() as u64) as usize;
+                drop(p);
+                let n = self.file.read_at(&mut buf[..want], self.pos)?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            match &p.end {
+                Some(Ok(())) => return Ok(0),
+                Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+                None => p = self.shared.more.wait(p).map_err(|_| poisoned())?,
+            }
+        }
+    }
+}
+
+/// Reads the upstream body pieces, blocking this (blocking-pool) thread.
+struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Decode the upstream body, check it is the signed NAR (a NAR, NarSize, NarHash)
+/// and append it to the spool, publishing each new length.
+fn decode_to_spool(
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    compression: crate::service::decode::Compression,
+    p: &ProxiedRow,
+    mut writer: std::fs::File,
+    tx: &watch::Sender<State>,
+    shared: &Spooled,
+    url: &str,
+) -> Result<(), ServiceError> {
+    let bad = |m: String| ServiceError::Upstream(format!("upstream {url}: {m}"));
+    let reader = BodyReader {
+        rx,
+        current: Bytes::new(),
+    };
+    let mut decoder = crate::service::decode::decoder(compression, Box::new(reader))
+        .map_err(|e| bad(format!("the NAR does not decode as {compression:?}: {e}")))?;
+    let mut hasher = Sha256Hasher::new();
+    let mut validator = NarValidator::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; SPOOL_READ as usize];
+    loop {
+        let n = decoder
+            .read(&mut buf)
+            .map_err(|e| bad(format!("the NAR does not decode as {compression:?}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let data = &buf[..n];
+        size += n as u64;
+        if size > p.nar_size {
+            return Err(bad(format!(
+                "the NAR is longer than its signed NarSize ({} bytes)",
+                p.nar_size
+            )));
+        }
+        validator
+            .feed(data)
+            .map_err(|e| bad(format!("the NAR is not a NAR: {e}")))?;
+        hasher.update(data);
+        writer
+            .write_all(data)
+            .map_err(|e| internal(format!("writing the spool: {e}")))?;
+        shared.advance(size);
+        tx.send_replace(State::Running(size));
+    }
+    validator
+        .finish()
+        .map_err(|e| bad(format!("the NAR is cut short: {e}")))?;
+    let hash: [u8; 32] = hasher.finalize().into();
+    if hash != p.nar_hash || size != p.nar_size {
+        return Err(bad(format!(
+            "the NAR hashes to {} ({size} bytes), not the signed NarHash {} ({} bytes)",
+            crate::nix::hash::Sha256(hash).to_nix_string(),
+            crate::nix::hash::Sha256(p.nar_hash).to_nix_string(),
+            p.nar_size
+        )));
+    }
+    Ok(())
 }
 
 /// A client's body: the spool as it grows, its last byte only once the fetch is

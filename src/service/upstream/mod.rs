@@ -556,6 +556,12 @@ impl Larder {
                 info.store_path, row.store_dir
             )));
         }
+        if info.nar_size > self.config.max_nar_bytes {
+            return Err(invalid(format!(
+                "NarSize {} is over this server's max_nar_bytes ({})",
+                info.nar_size, self.config.max_nar_bytes
+            )));
+        }
         let keys: Vec<PublicKey> = up
             .public_keys
             .iter()
