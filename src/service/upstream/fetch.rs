@@ -36,6 +36,21 @@ use crate::service::{Larder, NarBody, NarResponse, ServiceError};
 
 /// The most a client reads from the spool at once.
 const SPOOL_READ: u64 = 256 << 10;
+/// The nice value of the threads that store fetched NARs: clients (and the
+/// decoder they wait for) come first; the store catches up after.
+const INGEST_NICE: i32 = 10;
+/// Compression threads of those ingests.
+const INGEST_THREADS: usize = 2;
+
+/// Lower the calling thread's CPU priority (Linux: nice is per thread, and
+/// threads it starts inherit it); failing to is harmless.
+fn lower_priority() {
+    // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the calling
+    // thread's priority and touches no memory.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, INGEST_NICE);
+    }
+}
 
 /// Where a fetch is.
 #[derive(Clone, Debug)]
@@ -61,6 +76,8 @@ pub(super) struct Fetches {
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<FetchKey, Arc<Fetch>>>,
     seq: AtomicU64,
+    /// The low-priority compression threads of proxy ingests, made on first use.
+    pool: std::sync::OnceLock<Arc<rayon::ThreadPool>>,
 }
 
 impl Fetches {
@@ -70,7 +87,21 @@ impl Fetches {
             slots: Arc::new(Semaphore::new(max)),
             running: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            pool: std::sync::OnceLock::new(),
         }
+    }
+
+    fn ingest_pool(&self) -> Result<Arc<rayon::ThreadPool>, ServiceError> {
+        if let Some(p) = self.pool.get() {
+            return Ok(p.clone());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(INGEST_THREADS)
+            .thread_name(|i| format!("larder-proxy-zstd-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            .map_err(|e| internal(format!("starting the proxy ingest threads: {e}")))?;
+        Ok(self.pool.get_or_init(|| Arc::new(pool)).clone())
     }
 
     /// Remove spool files a previous run left (called when the server opens the
@@ -343,9 +374,18 @@ impl Larder {
                 pos: 0,
                 shared: shared.clone(),
             };
-            tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-                Ok(me.store()?.ingest(reader)?)
-            })
+            let (itx, irx) = tokio::sync::oneshot::channel();
+            let pool = self.upstreams.fetches.ingest_pool()?;
+            std::thread::Builder::new()
+                .name("larder-proxy-ingest".into())
+                .spawn(move || {
+                    lower_priority();
+                    let r = pool
+                        .install(|| -> Result<_, ServiceError> { Ok(me.store()?.ingest(reader)?) });
+                    let _ = itx.send(r);
+                })
+                .map_err(|e| internal(format!("starting a proxy ingest thread: {e}")))?;
+            irx
         };
         let timeout = self.upstreams.settings.timeout;
         let mut body = resp.into_body();
