@@ -39,7 +39,7 @@ done
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-ensure_packages nix-bin nginx-light curl python3
+ensure_packages nix-bin nginx-light curl python3 time
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     "${sudo_cmd[@]}" systemctl stop nginx 2>/dev/null || true
 fi
@@ -146,13 +146,18 @@ cache_key() { # URL TOKEN CACHE
         python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])'
 }
 
-# fetch LABEL URL KEY: time `nix-store -r` of the path into a fresh store.
+# CPU seconds (user + system) a process has used so far.
+cpu_of() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
+
+# fetch LABEL URL KEY: time `nix-store -r` of the path into a fresh store; the
+# client's CPU seconds go to $results/cpu-LABEL.
 fetch() {
     local dst=$work/dst
     rm -rf "$dst"
     local t0 t1
     t0=$(now)
-    nix-store --store "$dst" -r "$path" --option substituters "$2" \
+    /usr/bin/time -f '%U %S' -a -o "$results/cpu-$1" \
+        nix-store --store "$dst" -r "$path" --option substituters "$2" \
         --option trusted-public-keys "$3" >/dev/null 2>>"$results/nix.log"
     t1=$(now)
     python3 -c "print(f'{$t1 - $t0:.3f}')"
@@ -165,7 +170,15 @@ for r in $(seq "$reps"); do
     start_larder "proxy-$r"
     "$larder" cache create nixos --public --upstream "$upstream,$upstream_pk" \
         --server "$url" --token "$token" >/dev/null
+    c0=$(cpu_of "$lpid")
     times[first]+="$(fetch first "$url/nixos" "$upstream_pk") "
+    echo "larder CPU during the first fetch: $(python3 -c "print(f'{$(cpu_of "$lpid") - $c0:.2f}')") s" >>"$results/larder-cpu"
+    # The path is committed once the (low-priority) ingest caught up.
+    for _ in $(seq 600); do
+        curl -sf "$url/nixos/$(basename "$path" | cut -c1-32).narinfo" | grep -q '^Compression: zstd' && break
+        sleep 0.1
+    done
+    echo "larder CPU once stored: $(python3 -c "print(f'{$(cpu_of "$lpid") - $c0:.2f}')") s" >>"$results/larder-cpu"
     key=$(cache_key "$url" "$token" nixos)
     times[repeat]+="$(fetch repeat "$url/nixos" "$key") "
     stop_larder
@@ -199,3 +212,7 @@ for n in names:
 print(f"first/direct throughput: {med['direct'] / med['first']:.2f}x (goal >= 0.9)")
 print(f"repeat/local throughput: {med['local'] / med['repeat']:.2f}x (goal about 1)")
 EOF
+for f in direct first repeat local; do
+    echo "nix-store CPU (user system), $f: $(tr '\n' ';' <"$results/cpu-$f")" | tee -a "$results/summary.txt"
+done
+tee -a "$results/summary.txt" <"$results/larder-cpu"

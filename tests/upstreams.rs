@@ -357,7 +357,7 @@ fn assert_no_good_body(r: &Result<http::Resp, String>, size: u64, what: &str) {
 
 #[test]
 fn upstream_failures_fail_cleanly_and_store_nothing() {
-    let (nix, c, pk, up) = setup("upstream-failures", 256 * 1024);
+    let (nix, c, pk, up) = setup("upstream-failures", 2 * 1024 * 1024);
     let (server, _cfg) = proxy_server();
 
     // Upstream 500 on everything: a 404, logged once as an outage; its recovery
@@ -383,7 +383,8 @@ fn upstream_failures_fail_cleanly_and_store_nothing() {
     assert_no_good_body(&r, size, "upstream NAR 500");
     assert_eq!(r.as_ref().map(|x| x.status).ok(), Some(502), "{r:?}");
 
-    // Truncated NAR: the client's connection is cut short.
+    // Truncated NAR (after more than a client's first piece): the client's
+    // connection is cut short.
     up.control("/nar/ truncate\n");
     let (r, _, _) = fetch_through(&cache, &c.mid);
     assert!(

@@ -35,7 +35,9 @@ use crate::nix::signing::SecretKey;
 use crate::service::{Larder, NarBody, NarResponse, ServiceError};
 
 /// The most a client reads from the spool at once.
-const SPOOL_READ: u64 = 256 << 10;
+const SPOOL_READ: u64 = 1 << 20;
+/// The least a client reads from the spool at once while the fetch runs.
+const SPOOL_MIN: u64 = 256 << 10;
 /// The nice value of the threads that store fetched NARs: clients (and the
 /// decoder they wait for) come first; the store catches up after.
 const INGEST_NICE: i32 = 10;
@@ -588,7 +590,7 @@ fn decode_to_spool(
     let mut hasher = Sha256Hasher::new();
     let mut validator = NarValidator::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; SPOOL_READ as usize];
+    let mut buf = vec![0u8; SPOOL_MIN as usize];
     loop {
         let n = decoder
             .read(&mut buf)
@@ -652,7 +654,18 @@ fn spool_body(file: std::fs::File, rx: watch::Receiver<State>, nar_size: u64) ->
                     ))
                 }
             };
-            if pos < avail {
+            // While the fetch runs, wait for a worthwhile piece: fewer, larger
+            // writes to the client (as a static file server sends).
+            let enough = match state {
+                State::Running(_) => {
+                    avail
+                        >= pos
+                            .saturating_add(SPOOL_MIN)
+                            .min(nar_size.saturating_sub(1))
+                }
+                _ => true,
+            };
+            if pos < avail && enough {
                 let want = (avail - pos).min(SPOOL_READ) as usize;
                 let mut buf = vec![0u8; want];
                 return match file.read(&mut buf).await {
