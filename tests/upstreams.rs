@@ -502,3 +502,82 @@ fn sixteen_clients_share_one_upstream_fetch() {
     );
     wait_stored(&server, 1);
 }
+
+#[test]
+fn upstreams_are_set_through_the_api_and_cli_and_bad_ones_refused() {
+    let server = Server::start();
+    let api = format!("{}/_api/v1/cache-config", server.url());
+    let key = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+    let post = |name: &str, body: serde_json::Value| {
+        http::request(
+            "POST",
+            &format!("{api}/{name}"),
+            server.auth(),
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+    };
+
+    // Refused with a 400 that says what is wrong.
+    for (upstream, says) in [
+        (
+            serde_json::json!({ "url": "cache.nixos.org", "public_keys": [key] }),
+            "http:// or https://",
+        ),
+        (
+            serde_json::json!({ "url": "https://cache.nixos.org", "public_keys": [] }),
+            "public_keys is empty",
+        ),
+        (
+            serde_json::json!({ "url": "https://cache.nixos.org", "public_keys": ["nope"] }),
+            "public key",
+        ),
+    ] {
+        let r = post(
+            "bad",
+            serde_json::json!({ "keypair": "Generate", "upstreams": [upstream] }),
+        );
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains(says), "{}", r.text());
+    }
+
+    // Made, shown, replaced and cleared.
+    let r = post(
+        "nixos",
+        serde_json::json!({ "keypair": "Generate", "is_public": true,
+            "upstreams": [{ "url": "https://cache.nixos.org/", "public_keys": [key] }] }),
+    );
+    assert!(r.is_success(), "{}", r.text());
+    let info = server.cache_info("nixos");
+    assert_eq!(info["upstreams"][0]["url"], "https://cache.nixos.org");
+    assert_eq!(info["upstreams"][0]["priority"], 50);
+    server
+        .remote(&[
+            "cache",
+            "configure",
+            "nixos",
+            "--upstream",
+            "cache.nixos.org",
+            "--upstream",
+            &format!("http://127.0.0.1:9,{key},priority=10"),
+        ])
+        .ok();
+    let info = server.cache_info("nixos");
+    assert_eq!(info["upstreams"][0]["priority"], 40);
+    assert_eq!(info["upstreams"][1]["url"], "http://127.0.0.1:9");
+    assert_eq!(info["upstreams"][1]["priority"], 10);
+    let out = server
+        .remote(&["cache", "configure", "nixos", "--upstream", "ftp://x,k"])
+        .fails();
+    assert!(out.stderr.contains("--upstream"), "{}", out.describe());
+    server
+        .remote(&["cache", "configure", "nixos", "--no-upstreams"])
+        .ok();
+    assert!(server.cache_info("nixos").get("upstreams").is_none());
+    // A cache without upstreams answers a miss with a plain 404.
+    let r = http::get(
+        &format!("{}/nixos/{}.narinfo", server.url(), "0".repeat(32)),
+        Auth::None,
+    );
+    assert_eq!(r.status, 404);
+}
