@@ -485,6 +485,37 @@ mod tests {
     }
 
     #[test]
+    fn declared_upstreams_are_checked_and_normalised() {
+        let dd = Path::new("/d");
+        let toml_text = r#"
+            name = "nixos"
+            upstreams = [{ url = "https://cache.nixos.org/", public_keys = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="], priority = 40 }]
+        "#;
+        let c: CacheDecl = toml::from_str(toml_text).unwrap();
+        let d = Declared::resolve(vec![c], vec![], vec![], vec![], dd).unwrap();
+        let u = d.caches[0].upstreams.as_ref().unwrap();
+        assert_eq!(u[0].url, "https://cache.nixos.org");
+        assert_eq!(u[0].priority, 40);
+        let bad: CacheDecl = toml::from_str(
+            r#"
+            name = "nixos"
+            upstreams = [{ url = "cache.nixos.org", public_keys = ["k:AAAA"] }]
+        "#,
+        )
+        .unwrap();
+        let e = Declared::resolve(vec![bad], vec![], vec![], vec![], dd).unwrap_err();
+        assert!(e.to_string().contains("caches[0].upstreams"), "{e}");
+        // An unknown key in an upstream is refused when the file is read.
+        assert!(toml::from_str::<CacheDecl>(
+            r#"
+            name = "nixos"
+            upstreams = [{ url = "https://x", public_keys = [], prio = 1 }]
+        "#
+        )
+        .is_err());
+    }
+
+    #[test]
     fn a_declared_token_may_read_metrics() {
         let mut t = token("m");
         t.pull.clear();
