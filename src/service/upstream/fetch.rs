@@ -255,7 +255,9 @@ impl Larder {
             .lock()
             .map_err(|_| internal("proxy fetches lock poisoned"))?;
         if let Some(f) = running.get(&key) {
-            if let Ok(file) = std::fs::File::open(&f.spool) {
+            // A fetch whose task is gone (it would have left the map) is not joined.
+            let alive = f.state.has_changed().is_ok();
+            if let (true, Ok(file)) = (alive, std::fs::File::open(&f.spool)) {
                 return Ok(Join::Spool(f.clone(), file));
             }
         }
@@ -421,7 +423,8 @@ impl Larder {
             }
         };
         drop(btx);
-        let decoded = decode.await.map_err(internal)?;
+        // Whatever happened, the ingest waiting on the spool is told below.
+        let decoded = decode.await.map_err(internal).and_then(|r| r);
         let checked = match pumped {
             Err(e) => {
                 self.upstreams.note(&p.upstream_url, Err(&e));
