@@ -12,7 +12,9 @@
 # Options: --binary PATH (the larder binary; default: next to this script, else
 # target/release of the checkout, built when missing), --port N (first install
 # only; default 8080), --domain NAME [--email ADDR] (first install only: HTTPS
-# on 443 with a Let's Encrypt certificate, plain HTTP on 80), --no-start.
+# on 443 with a Let's Encrypt certificate, plain HTTP on 80), --nixos-proxy
+# (first install only: a public cache "nixos" that proxies cache.nixos.org, so
+# the LAN's machines download each path from the internet once), --no-start.
 #
 # It creates the system user `larder`, /etc/larder/config.toml (LAN defaults,
 # kept on re-runs), /etc/larder/admin.token (root only, handed to the service
@@ -32,6 +34,7 @@ email=""
 mode=install
 purge=0
 start=1
+nixos_proxy=0
 # How long to wait for the service to answer after (re)starting it.
 ready_timeout_secs=60
 
@@ -59,6 +62,7 @@ while [ $# -gt 0 ]; do
         --uninstall) mode=uninstall; shift ;;
         --purge) mode=uninstall; purge=1; shift ;;
         --no-start) start=0; shift ;;
+        --nixos-proxy) nixos_proxy=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -200,6 +204,10 @@ if [ ! -e "$config" ]; then
             https+=(-e "s/^# contact = .*/contact = \"$email\"/")
         fi
     fi
+    if [ "$nixos_proxy" -eq 1 ]; then
+        # Uncomment the block between the two marker lines (not the markers).
+        https+=(-e '/^# --- nixos proxy/,/^# --- end of nixos proxy/{/^# ---/!s/^# //}')
+    fi
     sed -e "s/@PORT@/$port/g" "${https[@]}" "$here/config.toml" >"$config.new"
     chmod 0644 "$config.new"
     mv "$config.new" "$config"
@@ -299,6 +307,9 @@ if [ -s "$push_token" ]; then
     echo "  push token:      $push_token (readable by root only)"
 fi
 echo "  admin token:     $admin_token (readable by root only)"
+if grep -q '^name = "nixos"' "$config"; then
+    echo "  cache.nixos.org proxy: $base/nixos (on each machine: larder use nixos --server $base --write)"
+fi
 if [ -n "$public_key" ]; then
     host="${base#*://}"
     host="${host%%[:/]*}"

@@ -36,6 +36,7 @@ fn cache(l: &Larder) -> i64 {
         store_dir: "/nix/store".into(),
         priority: 41,
         upstream_cache_key_names: Vec::new(),
+        upstreams: Vec::new(),
     };
     l.create_cache(&Caller::Admin, "bench", &req).unwrap();
     l.meta.cache_by_name("bench").unwrap().unwrap().id

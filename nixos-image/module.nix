@@ -47,7 +47,7 @@ let
 
   rendered = mapping.render {
     settings = lib.filterAttrsRecursive (_: v: v != null) cfg.settings;
-    inherit (cfg) adminTokenFile tlsKeyFile acmeEabKidFile acmeEabHmacFile signingKeyFiles;
+    inherit (cfg) adminTokenFile tlsKeyFile acmeEabKidFile acmeEabHmacFile signingKeyFiles nixosProxy;
     s3KeyFiles = lib.mapAttrs
       (_: k: { inherit (k) accessKeyIdFile secretAccessKeyFile; })
       cfg.s3KeyFiles;
@@ -173,6 +173,20 @@ in
         Nix signing keys (`nix-store --generate-binary-cache-key`), by cache name.
         A cache named here without an entry in `settings.caches` is declared too.
         Caches without one keep the key larder generated when it created them.
+      '';
+    };
+
+    nixosProxy = mkOption {
+      type = types.nullOr (types.strMatching "[A-Za-z0-9][A-Za-z0-9_+-]{0,49}");
+      default = null;
+      example = "nixos";
+      description = ''
+        The name of a public cache that proxies cache.nixos.org: what it does not
+        hold it fetches once, checks against cache.nixos.org's key, keeps and
+        serves to every machine of the LAN (docs/deploy.md). Sets that cache's
+        `public` and `upstreams` in `settings.caches`, declaring it if needed.
+        Clients run `larder use NAME --write` (or list it first in
+        `nix.settings.substituters`).
       '';
     };
 

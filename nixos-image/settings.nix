@@ -76,8 +76,10 @@ let
       "gc"
       "log"
       "metrics"
+      "upstreams"
     ];
     log = [ "format" "access" ];
+    upstreams = [ "timeout" "negative_ttl" "max_concurrent_fetches" ];
     gc = [ "interval" "default_retention" "max_size" "low_water" "compact_below" ];
     tls = [ "listen" "cert_file" "key_file" "redirect_exempt_paths" "redirect_exempt_cidrs" "acme" ];
     "tls.acme" = [
@@ -99,7 +101,9 @@ let
       "upstream_cache_key_names"
       "retention_period"
       "signing_key_file"
+      "upstreams"
     ];
+    "caches[].upstreams[]" = [ "url" "public_keys" "priority" ];
     "tokens[]" = [
       "sub"
       "validity"
@@ -184,9 +188,15 @@ let
           else [ ];
     in
     go "" settings (builtins.filter builtins.isString (builtins.split "\\." key));
+  # The upstream of `nixosProxy`: cache.nixos.org and its key.
+  nixosUpstream = {
+    url = "https://cache.nixos.org";
+    public_keys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+    priority = 40;
+  };
 in
 {
-  inherit tables unknownKeys secretKeys valuesAt;
+  inherit tables unknownKeys secretKeys valuesAt nixosUpstream;
 
   # Option names of services.larder and the config keys they set. `settings`
   # itself is larder's config file (RFC 42): its typed options are these keys.
@@ -218,6 +228,9 @@ in
     , acmeEabHmacFile ? null
     , signingKeyFiles ? { }
     , s3KeyFiles ? { }
+      # A cache of this name becomes a public pull-through cache of
+      # cache.nixos.org (its `public` and `upstreams`, over `settings`).
+    , nixosProxy ? null
     }:
     let
       given = {
@@ -231,8 +244,13 @@ in
       signingCredential = cache: "signing-key-${cache}";
       idCredential = key: "s3-${key}-access-key-id";
       secretCredential = key: "s3-${key}-secret-access-key";
-      caches = mergeByName (settings.caches or [ ])
-        (builtins.mapAttrs (cache: _: { signing_key_file = signingCredential cache; }) signingKeyFiles);
+      proxied =
+        if nixosProxy == null then { }
+        else { ${nixosProxy} = { public = true; upstreams = [ nixosUpstream ]; }; };
+      caches = mergeByName
+        (mergeByName (settings.caches or [ ])
+          (builtins.mapAttrs (cache: _: { signing_key_file = signingCredential cache; }) signingKeyFiles))
+        proxied;
       s3Keys = mergeByName (settings.s3_keys or [ ])
         (builtins.mapAttrs
           (key: _: {

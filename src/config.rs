@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub log: Option<LogFileConfig>,
     /// Per-request metrics and `/metrics`; on unless `false`.
     pub metrics: Option<bool>,
+    /// The pull-through cache (`[upstreams]`): see `crate::service::upstream`.
+    pub upstreams: Option<crate::service::UpstreamFileConfig>,
 }
 
 /// The S3 region when the config names none.
@@ -176,6 +178,8 @@ pub struct Config {
     pub log: LogSettings,
     /// Whether requests are counted and `/metrics` is served.
     pub metrics: bool,
+    /// `[upstreams]`: timeouts and limits of the pull-through cache.
+    pub upstreams: crate::service::UpstreamSettings,
 }
 
 /// `[log]` as written in the config file.
@@ -292,6 +296,7 @@ impl Config {
         let gc = crate::service::gc::GcSettings::resolve(file.gc.clone())?;
         let log = LogSettings::resolve(file.log.clone())?;
         let metrics = file.metrics.unwrap_or(true);
+        let upstreams = crate::service::UpstreamSettings::resolve(file.upstreams.clone())?;
         let listen_s = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -372,6 +377,7 @@ impl Config {
             gc,
             log,
             metrics,
+            upstreams,
         })
     }
 

@@ -152,6 +152,33 @@ fn appliance_scripts_pass_shellcheck() {
     .ok();
 }
 
+#[test]
+fn appliance_nixos_proxy_declares_a_pull_through_cache_of_cache_nixos_org() {
+    let work = Workdir::new("install-proxy");
+    let root = work.join("root");
+    install(&["--root", s(&root), "--nixos-proxy"]).ok();
+    let config = root.join("etc/larder/config.toml");
+    let out = crate::support::server::larder(&["check-config", s(&config)], &[]).ok();
+    assert!(
+        out.stdout.contains("cache default")
+            && out.stdout.contains("cache nixos")
+            && out
+                .stdout
+                .contains("pull-through from https://cache.nixos.org"),
+        "{}",
+        out.describe()
+    );
+    // Without the option the block stays commented out.
+    let plain = work.join("plain");
+    install(&["--root", s(&plain)]).ok();
+    let out = crate::support::server::larder(
+        &["check-config", s(&plain.join("etc/larder/config.toml"))],
+        &[],
+    )
+    .ok();
+    assert!(!out.stdout.contains("cache nixos"), "{}", out.describe());
+}
+
 fn install(args: &[&str]) -> Output {
     run(Command::new("bash")
         .arg(appliance_dir().join("install.sh"))
@@ -197,7 +224,7 @@ fn appliance_installs_into_a_root_and_reinstalls_keeping_state() {
         .lines()
         .map(|l| match l.strip_prefix("# ") {
             Some(rest)
-                if rest.starts_with('[')
+                if (rest.starts_with('[') && !rest.starts_with("[["))
                     || ["listen =", "domains =", "contact ="]
                         .iter()
                         .any(|k| rest.starts_with(k)) =>

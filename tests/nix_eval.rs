@@ -385,6 +385,7 @@ fn nix_eval_option_docs_of_services_larder_render() {
         "acmeEabKidFile",
         "acmeEabHmacFile",
         "signingKeyFiles",
+        "nixosProxy",
         "s3KeyFiles.<name>.accessKeyIdFile",
         "s3KeyFiles.<name>.secretAccessKeyFile",
     ] {

@@ -172,6 +172,8 @@ fn module_options_match_the_config_keys_larder_accepts() {
         "openFirewall",
         "settings",
         "finalSettings",
+        // A whole [[caches]] entry (public, upstreams), checked below.
+        "nixosProxy",
     ]
     .map(String::from)
     .into();
@@ -202,6 +204,7 @@ fn module_options_match_the_config_keys_larder_accepts() {
     // Render with every secret option set (static TLS and ACME cannot go together,
     // so twice) and have the binary check the result.
     let common = r#"
+        nixosProxy = "nixos";
         adminTokenFile = "/run/secrets/admin";
         signingKeyFiles = { default = "/run/secrets/sk"; team = "/run/secrets/team-sk"; };
         s3KeyFiles = { restic = {
@@ -227,6 +230,17 @@ fn module_options_match_the_config_keys_larder_accepts() {
     for (i, expr) in renders.iter().enumerate() {
         let r = eval_json(&nix, expr);
         let settings = &r["settings"];
+        let proxy = settings["caches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "nixos")
+            .unwrap_or_else(|| panic!("nixosProxy declared no cache: {settings}"));
+        assert_eq!(proxy["public"], true, "{proxy}");
+        assert_eq!(
+            proxy["upstreams"][0]["url"], "https://cache.nixos.org",
+            "{proxy}"
+        );
         for (option, key) in &pairs {
             if let Some(v) = lookup(settings, key) {
                 seen.insert(option.clone());
@@ -342,6 +356,12 @@ fn module_knows_every_config_key_larder_has() {
         ("src/bootstrap/declared.rs", "S3BucketDecl", "s3_buckets[]"),
         ("src/service/gc/settings.rs", "GcFileConfig", "gc"),
         ("src/config.rs", "LogFileConfig", "log"),
+        (
+            "src/service/upstream/settings.rs",
+            "UpstreamFileConfig",
+            "upstreams",
+        ),
+        ("src/meta/caches.rs", "Upstream", "caches[].upstreams[]"),
     ];
     let mut all_tables = BTreeSet::new();
     for (src, name, table) in structs {

@@ -33,3 +33,4 @@ mod side_files;
 mod substitution;
 mod tls;
 mod tokens;
+mod upstreams;

@@ -10,6 +10,8 @@
 //! upstream_cache_key_names = ["cache.nixos.org-1"]
 //! retention_period = "global"    # or seconds
 //! signing_key_file = "default-signing-key"   # a credential name or absolute path
+//! # a pull-through cache: what it lacks is fetched from these (docs/design/upstreams.md)
+//! upstreams = [{ url = "https://cache.nixos.org", public_keys = ["cache.nixos.org-1:6NCH…"], priority = 40 }]
 //!
 //! [[tokens]]
 //! sub = "ci"
@@ -58,6 +60,8 @@ pub struct CacheDecl {
     /// --generate-binary-cache-key` writes it). Without it a key is generated once,
     /// when the cache is created, and kept.
     pub signing_key_file: Option<String>,
+    /// Binary caches asked for what this one does not hold; `[]` for none.
+    pub upstreams: Option<Vec<crate::meta::Upstream>>,
 }
 
 /// `retention_period = "global"` or a number of seconds.
@@ -137,6 +141,7 @@ pub struct DeclaredCache {
     pub upstream_cache_key_names: Option<Vec<String>>,
     pub retention_period: Option<RetentionPeriod>,
     pub signing_key: Option<SecretFile>,
+    pub upstreams: Option<Vec<crate::meta::Upstream>>,
 }
 
 /// A declared token, validated.
@@ -282,6 +287,12 @@ fn resolve_cache(i: usize, c: CacheDecl) -> Result<DeclaredCache, ConfigError> {
             )))
         }
     };
+    let upstreams = c
+        .upstreams
+        .as_deref()
+        .map(crate::service::validate_upstreams)
+        .transpose()
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", at("upstreams"))))?;
     let signing_key = c
         .signing_key_file
         .as_deref()
@@ -295,6 +306,7 @@ fn resolve_cache(i: usize, c: CacheDecl) -> Result<DeclaredCache, ConfigError> {
         upstream_cache_key_names: c.upstream_cache_key_names,
         retention_period,
         signing_key,
+        upstreams,
     })
 }
 
@@ -470,6 +482,37 @@ mod tests {
         assert!(g.for_cache("default").contains(Permission::Push));
         assert!(g.for_cache("default").contains(Permission::Pull));
         assert!(!g.for_cache("team-a").contains(Permission::Push));
+    }
+
+    #[test]
+    fn declared_upstreams_are_checked_and_normalised() {
+        let dd = Path::new("/d");
+        let toml_text = r#"
+            name = "nixos"
+            upstreams = [{ url = "https://cache.nixos.org/", public_keys = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="], priority = 40 }]
+        "#;
+        let c: CacheDecl = toml::from_str(toml_text).unwrap();
+        let d = Declared::resolve(vec![c], vec![], vec![], vec![], dd).unwrap();
+        let u = d.caches[0].upstreams.as_ref().unwrap();
+        assert_eq!(u[0].url, "https://cache.nixos.org");
+        assert_eq!(u[0].priority, 40);
+        let bad: CacheDecl = toml::from_str(
+            r#"
+            name = "nixos"
+            upstreams = [{ url = "cache.nixos.org", public_keys = ["k:AAAA"] }]
+        "#,
+        )
+        .unwrap();
+        let e = Declared::resolve(vec![bad], vec![], vec![], vec![], dd).unwrap_err();
+        assert!(e.to_string().contains("caches[0].upstreams"), "{e}");
+        // An unknown key in an upstream is refused when the file is read.
+        assert!(toml::from_str::<CacheDecl>(
+            r#"
+            name = "nixos"
+            upstreams = [{ url = "https://x", public_keys = [], prio = 1 }]
+        "#
+        )
+        .is_err());
     }
 
     #[test]

@@ -172,6 +172,7 @@ fn apply_cache(
                 .upstream_cache_key_names
                 .clone()
                 .unwrap_or(defaults.upstream_cache_key_names),
+            upstreams: c.upstreams.clone().unwrap_or_default(),
         };
         larder
             .create_cache(&Caller::Admin, &c.name, &req)
@@ -209,6 +210,10 @@ fn apply_cache(
     {
         patch.upstream_cache_key_names = Some(u.clone());
         changed.push("upstream_cache_key_names");
+    }
+    if let Some(u) = c.upstreams.as_ref().filter(|u| **u != row.upstreams) {
+        patch.upstreams = Some(u.clone());
+        changed.push("upstreams");
     }
     if let Some(r) = c
         .retention_period

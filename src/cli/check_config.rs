@@ -70,6 +70,9 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<ExitCode> {
             Some(k) => println!("  cache {} (signing key from {})", c.name, secret(k)),
             None => println!("  cache {}", c.name),
         }
+        for u in c.upstreams.iter().flatten() {
+            println!("    pull-through from {}", u.url);
+        }
     }
     for t in &d.tokens {
         println!("  token {} -> {}", t.sub, t.file.display());

@@ -140,6 +140,11 @@ enum CacheCommand {
         /// Paths signed by these keys are not pushed (repeatable).
         #[arg(long = "upstream-cache-key-name", default_values_t = vec!["cache.nixos.org-1".to_string()])]
         upstream_cache_key_names: Vec<String>,
+        /// Make it a pull-through cache of an upstream (repeatable, asked in
+        /// order): "URL,KEY[,KEY…][,priority=N]", or "cache.nixos.org" for
+        /// https://cache.nixos.org with its key.
+        #[arg(long = "upstream", value_name = "URL,KEY")]
+        upstreams: Vec<String>,
     },
     /// List caches.
     List {
@@ -171,6 +176,17 @@ enum CacheCommand {
         store_dir: Option<String>,
         #[arg(long = "upstream-cache-key-name")]
         upstream_cache_key_names: Vec<String>,
+        /// Replace the upstreams (repeatable): "URL,KEY[,KEY…][,priority=N]", or
+        /// "cache.nixos.org".
+        #[arg(
+            long = "upstream",
+            value_name = "URL,KEY",
+            conflicts_with = "no_upstreams"
+        )]
+        upstreams: Vec<String>,
+        /// Stop fetching from upstreams (what is stored stays).
+        #[arg(long)]
+        no_upstreams: bool,
         /// "global", seconds, or a duration such as 30d, 1y, "3 months".
         #[arg(long, conflicts_with = "reset_retention_period")]
         retention_period: Option<String>,
@@ -275,11 +291,60 @@ fn print_config(name: &str, c: &CacheConfig, json: bool) -> anyhow::Result<()> {
     println!("            Priority: {}", c.priority);
     println!(" Upstream Cache Keys: {:?}", c.upstream_cache_key_names);
     println!("    Retention Period: {retention}");
+    for u in &c.upstreams {
+        println!(
+            "            Upstream: {} (priority {}; keys {})",
+            u.url,
+            u.priority,
+            u.public_keys.join(" ")
+        );
+    }
     println!();
     println!("nix.conf lines for this cache:");
     println!("  extra-substituters = {}", c.substituter_endpoint);
     println!("  extra-trusted-public-keys = {}", c.public_key);
     Ok(())
+}
+
+/// The upstream cache.nixos.org, as `--upstream cache.nixos.org` names it.
+pub const NIXOS_UPSTREAM_URL: &str = "https://cache.nixos.org";
+pub const NIXOS_UPSTREAM_KEY: &str =
+    "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+/// `--upstream` values: "cache.nixos.org", or "URL,KEY[,KEY…][,priority=N]".
+fn parse_upstreams(specs: &[String]) -> anyhow::Result<Vec<larder::meta::Upstream>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let spec = spec.trim();
+        if spec == "cache.nixos.org" {
+            out.push(larder::meta::Upstream {
+                url: NIXOS_UPSTREAM_URL.into(),
+                public_keys: vec![NIXOS_UPSTREAM_KEY.into()],
+                priority: 40,
+            });
+            continue;
+        }
+        let mut parts = spec.split(',').map(str::trim).filter(|p| !p.is_empty());
+        let url = parts.next().unwrap_or_default().to_owned();
+        let mut up = larder::meta::Upstream {
+            url,
+            public_keys: Vec::new(),
+            priority: larder::meta::DEFAULT_UPSTREAM_PRIORITY,
+        };
+        for p in parts {
+            match p.strip_prefix("priority=") {
+                Some(n) => {
+                    up.priority = n
+                        .parse()
+                        .with_context(|| format!("--upstream {spec:?}: priority {n:?}"))?
+                }
+                None => up.public_keys.push(p.to_owned()),
+            }
+        }
+        out.push(up);
+    }
+    // The server checks them too; checking here names the flag.
+    larder::service::validate_upstreams(&out).map_err(|e| anyhow::anyhow!("--upstream: {e}"))
 }
 
 impl Args {
@@ -319,6 +384,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     priority,
                     store_dir,
                     upstream_cache_key_names,
+                    upstreams,
                 } => {
                     let (target, name) = target.resolve_cache(&name)?;
                     let req = CacheCreate {
@@ -327,6 +393,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         store_dir,
                         priority,
                         upstream_cache_key_names,
+                        upstreams: parse_upstreams(&upstreams)?,
                     };
                     let cfg = match target.session(false)? {
                         Session::Remote(c) => c.create_cache(&name, &req)?,
@@ -393,6 +460,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     priority,
                     store_dir,
                     upstream_cache_key_names,
+                    upstreams,
+                    no_upstreams,
                     retention_period,
                     reset_retention_period,
                     regenerate_keypair,
@@ -426,6 +495,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         upstream_cache_key_names: (!upstream_cache_key_names.is_empty())
                             .then_some(upstream_cache_key_names),
                         retention_period,
+                        upstreams: if no_upstreams {
+                            Some(Vec::new())
+                        } else if upstreams.is_empty() {
+                            None
+                        } else {
+                            Some(parse_upstreams(&upstreams)?)
+                        },
                     };
                     let session = target.session(false)?;
                     if let Some(q) = &quota {

@@ -290,9 +290,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             loop {
                 tick.tick().await;
                 let l = sweeper.clone();
+                let l2 = l.clone();
                 match tokio::task::spawn_blocking(move || l.expire_staged()).await {
                     Ok(Ok(n)) if n > 0 => tracing::info!(n, "expired staged NARs"),
                     Ok(Err(e)) => tracing::warn!(error = %e, "expiring staged NARs failed"),
+                    _ => {}
+                }
+                match tokio::task::spawn_blocking(move || l2.expire_proxied()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(n, "forgot unfetched upstream paths"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "expiring upstream paths failed"),
                     _ => {}
                 }
             }

@@ -40,6 +40,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
             ServiceError::Damaged(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StorageError"),
+            ServiceError::Upstream(_) => (StatusCode::BAD_GATEWAY, "UpstreamError"),
             ServiceError::Meta(_) | ServiceError::Store(_) | ServiceError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
             }
@@ -53,7 +54,9 @@ impl IntoResponse for ApiError {
         let message = if self.0.is_client_fault()
             || matches!(
                 self.0,
-                ServiceError::Damaged(_) | ServiceError::InsufficientStorage(_)
+                ServiceError::Damaged(_)
+                    | ServiceError::InsufficientStorage(_)
+                    | ServiceError::Upstream(_)
             ) {
             self.0.to_string()
         } else {

@@ -127,14 +127,11 @@ async fn dispatch(
             Ok(axum::Json(cfg).into_response())
         }
         (Endpoint::NarInfo(hash), true, _) => {
-            // Most lookups are answered from memory, right here on the worker.
-            let t = match larder.get_narinfo_remembered(&who, &cache, hash) {
-                Some(answer) => answer?,
-                None => {
-                    let hash = hash.clone();
-                    blocking(&larder, move |l| l.get_narinfo(&who, &cache, &hash)).await?
-                }
-            };
+            // Most lookups are answered from memory, right here on the worker; a
+            // cache with upstreams asks them for what it does not hold.
+            let t = larder
+                .get_narinfo_or_upstream(who, cache, hash.clone())
+                .await?;
             Ok(text("text/x-nix-narinfo", t, head))
         }
         (Endpoint::NarInfo(hash), _, true) => {
@@ -158,6 +155,13 @@ async fn dispatch(
             } else {
                 Err(ApiError(ServiceError::NotFound("no such NAR".into())))
             }
+        }
+        (Endpoint::Nar(file), true, _)
+            if crate::service::parse_proxied_nar_name(file).is_some() =>
+        {
+            // `<NarHash>.nar`: a path of an upstream (stored or being fetched).
+            let nar = larder.get_plain_nar(who, cache, file.clone(), head).await?;
+            Ok(nar_response(nar))
         }
         (Endpoint::Nar(file), true, _) => {
             get_nar(larder, who, cache, file.clone(), &headers, head).await
@@ -256,6 +260,13 @@ async fn get_nar(
             .await
             .map_err(|e| ApiError(ServiceError::Internal(e.to_string())))??
     };
+    let mut resp = nar_response(nar);
+    resp.headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    Ok(resp)
+}
+
+fn nar_response(nar: crate::service::NarResponse) -> Response {
     let len = nar.end - nar.start;
     let body = match nar.body {
         Some(stream) => Body::from_stream(stream),
@@ -272,7 +283,6 @@ async fn get_nar(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-nix-nar"),
     );
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
         h.insert(header::CONTENT_LENGTH, v);
     }
@@ -286,5 +296,5 @@ async fn get_nar(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
-    Ok(resp)
+    resp
 }

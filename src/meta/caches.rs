@@ -19,6 +19,28 @@ pub struct CacheRow {
     pub upstream_cache_key_names: Vec<String>,
     /// `None` means the global retention policy.
     pub retention_period: Option<i64>,
+    /// Binary caches asked for what this one does not hold, in the order tried.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// An upstream binary cache of a cache (`docs/design/upstreams.md`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Base URL, without a trailing slash (`https://cache.nixos.org`).
+    pub url: String,
+    /// `name:base64` keys; an answer counts only when one of them signed it.
+    pub public_keys: Vec<String>,
+    /// Lower is tried first (as in Nix); equal priorities keep the written order.
+    #[serde(default = "default_upstream_priority")]
+    pub priority: i32,
+}
+
+/// The priority of an upstream that names none.
+pub const DEFAULT_UPSTREAM_PRIORITY: i32 = 50;
+
+fn default_upstream_priority() -> i32 {
+    DEFAULT_UPSTREAM_PRIORITY
 }
 
 /// The settings of a cache to create.
@@ -31,12 +53,13 @@ pub struct NewCache {
     pub signing_key: String,
     pub upstream_cache_key_names: Vec<String>,
     pub retention_period: Option<i64>,
+    pub upstreams: Vec<Upstream>,
 }
 
 const COLUMNS: &str = "id, name, is_public, priority, store_dir, signing_key, \
-                       upstream_cache_key_names, retention_period";
+                       upstream_cache_key_names, retention_period, upstreams";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<(CacheRow, String)> {
+fn from_row(r: &Row<'_>) -> rusqlite::Result<(CacheRow, String, String)> {
     Ok((
         CacheRow {
             id: r.get(0)?,
@@ -47,16 +70,24 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(CacheRow, String)> {
             signing_key: r.get(5)?,
             upstream_cache_key_names: Vec::new(),
             retention_period: r.get(7)?,
+            upstreams: Vec::new(),
         },
         r.get(6)?,
+        r.get(8)?,
     ))
 }
 
-fn finish(pair: (CacheRow, String)) -> Result<CacheRow, MetaError> {
-    let (mut row, names) = pair;
+fn finish(t: (CacheRow, String, String)) -> Result<CacheRow, MetaError> {
+    let (mut row, names, upstreams) = t;
     row.upstream_cache_key_names = serde_json::from_str(&names)
         .map_err(|e| MetaError::Damaged(format!("cache {}: upstream key names: {e}", row.name)))?;
+    row.upstreams = serde_json::from_str(&upstreams)
+        .map_err(|e| MetaError::Damaged(format!("cache {}: upstreams: {e}", row.name)))?;
     Ok(row)
+}
+
+fn upstreams_json(u: &[Upstream]) -> Result<String, MetaError> {
+    serde_json::to_string(u).map_err(|e| MetaError::Damaged(e.to_string()))
 }
 
 impl Meta {
@@ -99,8 +130,8 @@ impl Meta {
             .map_err(|e| MetaError::Damaged(e.to_string()))?;
         let n = c.execute(
             "INSERT INTO caches (name, is_public, priority, store_dir, signing_key, \
-             upstream_cache_key_names, retention_period, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(name) DO NOTHING",
+             upstream_cache_key_names, retention_period, created_at, upstreams) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(name) DO NOTHING",
             params![
                 new.name,
                 new.is_public,
@@ -109,7 +140,8 @@ impl Meta {
                 new.signing_key,
                 names,
                 new.retention_period,
-                now()
+                now(),
+                upstreams_json(&new.upstreams)?
             ],
         )?;
         self.memo.invalidate();
@@ -123,8 +155,8 @@ impl Meta {
             .map_err(|e| MetaError::Damaged(e.to_string()))?;
         c.execute(
             "UPDATE caches SET is_public = ?2, priority = ?3, store_dir = ?4, \
-             signing_key = ?5, upstream_cache_key_names = ?6, retention_period = ?7 \
-             WHERE id = ?1",
+             signing_key = ?5, upstream_cache_key_names = ?6, retention_period = ?7, \
+             upstreams = ?8 WHERE id = ?1",
             params![
                 row.id,
                 row.is_public,
@@ -132,7 +164,8 @@ impl Meta {
                 row.store_dir,
                 row.signing_key,
                 names,
-                row.retention_period
+                row.retention_period,
+                upstreams_json(&row.upstreams)?
             ],
         )?;
         self.memo.invalidate();

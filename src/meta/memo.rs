@@ -125,6 +125,7 @@ mod tests {
             signing_key: String::new(),
             upstream_cache_key_names: Vec::new(),
             retention_period: None,
+            upstreams: Vec::new(),
         })
     }
 

@@ -12,15 +12,17 @@ mod error;
 mod gc;
 mod memo;
 mod objects;
+mod proxied;
 mod s3;
 mod schema;
 mod side;
 mod tokens;
 
-pub use caches::{CacheRow, NewCache};
+pub use caches::{CacheRow, NewCache, Upstream, DEFAULT_UPSTREAM_PRIORITY};
 pub use error::MetaError;
 pub use gc::{AccessKey, CacheLifecycle, GcSnapshot, ObjectRef, PinRow};
 pub use objects::{NarRow, ObjectRow, RecentPath, StagedNar};
+pub use proxied::ProxiedRow;
 pub use s3::{
     BucketDelete, BucketRow, KeyInsert, KeyWindow, NewObject, ObjectSummary, PartRow, S3Grant,
     S3Key, S3ObjectRow, UploadRow, WriteOutcome,

@@ -152,6 +152,25 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL
     );
     "#,
+    // 5: the pull-through cache (docs/design/upstreams.md): each cache's upstreams
+    // (JSON), and narinfos accepted from an upstream whose NAR is not stored yet.
+    r#"
+    ALTER TABLE caches ADD COLUMN upstreams TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE proxied (
+        cache_id INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        path_hash TEXT NOT NULL,
+        store_path TEXT NOT NULL,
+        nar_hash BLOB NOT NULL,
+        nar_size INTEGER NOT NULL,
+        upstream_url TEXT NOT NULL,
+        nar_url TEXT NOT NULL,
+        compression TEXT NOT NULL,
+        narinfo TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (cache_id, path_hash)
+    ) WITHOUT ROWID;
+    CREATE INDEX proxied_by_nar ON proxied(cache_id, nar_hash);
+    "#,
 ];
 
 /// Bring the schema up to date, one transaction per migration.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{validate_cache_name, Larder, ServiceError};
 use crate::auth::{Caller, Permission};
-use crate::meta::{CacheRow, NewCache};
+use crate::meta::{CacheRow, NewCache, Upstream};
 use crate::nix::signing::SecretKey;
 use crate::nix::store_path::validate_store_dir;
 
@@ -59,6 +59,10 @@ pub struct CacheConfig {
     pub priority: i32,
     pub upstream_cache_key_names: Vec<String>,
     pub retention_period: RetentionPeriod,
+    /// Binary caches asked for what this one does not hold (larder's own field;
+    /// absent when there are none, so Attic's clients see Attic's shape).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<Upstream>,
 }
 
 /// The body of a create request.
@@ -74,6 +78,9 @@ pub struct CacheCreate {
     pub priority: i32,
     #[serde(default = "default_upstream")]
     pub upstream_cache_key_names: Vec<String>,
+    /// Upstreams of a pull-through cache (larder's own field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<Upstream>,
 }
 
 fn default_store_dir() -> String {
@@ -94,6 +101,7 @@ impl Default for CacheCreate {
             store_dir: default_store_dir(),
             priority: DEFAULT_PRIORITY,
             upstream_cache_key_names: default_upstream(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -114,6 +122,9 @@ pub struct CacheConfigPatch {
     pub upstream_cache_key_names: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_period: Option<RetentionPeriod>,
+    /// Replaces the upstreams (`[]` makes the cache stop proxying).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<Upstream>>,
 }
 
 impl CacheConfigPatch {
@@ -125,6 +136,7 @@ impl CacheConfigPatch {
             && self.priority.is_none()
             && self.upstream_cache_key_names.is_none()
             && self.retention_period.is_none()
+            && self.upstreams.is_none()
     }
 }
 
@@ -149,6 +161,7 @@ impl Larder {
             priority: row.priority,
             upstream_cache_key_names: row.upstream_cache_key_names.clone(),
             retention_period: RetentionPeriod::from_row(row.retention_period),
+            upstreams: row.upstreams.clone(),
         })
     }
 
@@ -173,6 +186,7 @@ impl Larder {
             });
         }
         validate_store_dir(&req.store_dir)?;
+        let upstreams = super::upstream::validate_upstreams(&req.upstreams)?;
         let created = self.meta.create_cache(&NewCache {
             name: name.to_owned(),
             is_public: req.is_public,
@@ -181,6 +195,7 @@ impl Larder {
             signing_key: key_from_spec(&req.keypair, name)?,
             upstream_cache_key_names: req.upstream_cache_key_names.clone(),
             retention_period: None,
+            upstreams,
         })?;
         if !created {
             return Err(ServiceError::CacheAlreadyExists(name.to_owned()));
@@ -232,7 +247,13 @@ impl Larder {
         if let Some(u) = &patch.upstream_cache_key_names {
             row.upstream_cache_key_names = u.clone();
         }
+        if let Some(u) = &patch.upstreams {
+            row.upstreams = super::upstream::validate_upstreams(u)?;
+        }
         self.meta.update_cache(&row)?;
+        if patch.upstreams.is_some() {
+            self.upstreams_changed(row.id);
+        }
         self.config_of(&row)
     }
 

@@ -33,6 +33,10 @@ pub enum ServiceError {
     /// Stored data is damaged; the client cannot fix it, the operator can.
     #[error("{0}")]
     Damaged(String),
+    /// An upstream of a pull-through cache failed (down, slow, or its answer did
+    /// not check out); nothing of it was stored.
+    #[error("{0}")]
+    Upstream(String),
     #[error("metadata: {0}")]
     Meta(MetaError),
     #[error("chunk store: {0}")]
@@ -81,6 +85,7 @@ impl ServiceError {
         !matches!(
             self,
             ServiceError::InsufficientStorage(_)
+                | ServiceError::Upstream(_)
                 | ServiceError::Damaged(_)
                 | ServiceError::Meta(_)
                 | ServiceError::Store(_)

@@ -16,6 +16,7 @@ mod serve;
 mod side;
 mod tokens;
 mod upload;
+mod upstream;
 mod verify;
 
 pub use attic::{NarInfoSource, UploadPathNarInfo, UploadPathResult};
@@ -27,6 +28,9 @@ pub use serve::{is_served_nar_name, ByteRange, NarBody, NarResponse};
 pub use side::SideKind;
 pub use tokens::{Inspected, MintRequest, Minted, RevokeRequest};
 pub use upload::BodyRx;
+pub use upstream::{
+    parse_proxied_nar_name, validate_upstreams, UpstreamFileConfig, UpstreamSettings,
+};
 pub use verify::{DamagedPath, VerifyReport};
 
 use std::sync::Arc;
@@ -60,6 +64,8 @@ pub struct Larder {
     gc_wake: tokio::sync::Notify,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The pull-through cache: lookups, negative answers, NAR fetches.
+    upstreams: upstream::Upstreams,
 }
 
 /// Totals for `larder stats`.
@@ -107,6 +113,7 @@ impl Larder {
         );
         let readers = readers::Readers::start(READER_THREADS)
             .map_err(|e| ServiceError::Internal(format!("starting NAR readers: {e}")))?;
+        let upstreams = upstream::Upstreams::new(config.upstreams.clone(), proxy_dir(&config));
         let larder = Self {
             config,
             base_url,
@@ -118,7 +125,9 @@ impl Larder {
             gc_lock: std::sync::Mutex::new(()),
             gc_wake: tokio::sync::Notify::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            upstreams,
         };
+        larder.clear_proxy_spool();
         larder.refresh_revoked()?;
         Ok(larder)
     }
@@ -131,6 +140,7 @@ impl Larder {
             TokenAuthority::open(&config.data_dir, None)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
         );
+        let upstreams = upstream::Upstreams::new(config.upstreams.clone(), proxy_dir(&config));
         Ok(Self {
             config,
             base_url,
@@ -142,6 +152,7 @@ impl Larder {
             gc_lock: std::sync::Mutex::new(()),
             gc_wake: tokio::sync::Notify::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            upstreams,
         })
     }
 
@@ -256,6 +267,11 @@ impl Larder {
         let ttl = i64::try_from(self.config.staged_ttl_secs).unwrap_or(i64::MAX);
         Ok(self.meta.expire_staged(ttl)?)
     }
+}
+
+/// Where NARs fetched from upstreams are spooled while clients read them.
+fn proxy_dir(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("proxy")
 }
 
 pub(crate) fn require_admin(caller: &Caller) -> Result<(), ServiceError> {

@@ -236,6 +236,7 @@ pub fn use_cache(a: UseArgs) -> anyhow::Result<ExitCode> {
         public_key: cfg.public_key,
         host,
         token: remote.token,
+        first: (!cfg.upstreams.is_empty()).then(|| use_::first_priority(cfg.priority)),
     };
     let dest = use_::Destinations::resolve(a.nix_conf, a.netrc)?;
     if a.write {

@@ -9,6 +9,12 @@
 //!   earlier line for that host. Nix sends it as HTTP Basic with an empty user,
 //!   which larder accepts. A public cache used without a token needs no netrc.
 //!
+//! A pull-through cache (one with upstreams, `docs/design/upstreams.md`) is put
+//! first instead: `substituters` gets its URL at the head, with
+//! `?priority=` below cache.nixos.org's 40 (Nix asks substituters by priority,
+//! then in the order listed), and keeps what it named before (Nix's default,
+//! cache.nixos.org, when it named nothing) as the fallback behind it.
+//!
 //! Where: `--nix-conf PATH` / `--netrc PATH`, else `$NIX_CONF_DIR/nix.conf` when
 //! `NIX_CONF_DIR` is set, else the user's `$XDG_CONFIG_HOME/nix/nix.conf`; the
 //! netrc defaults to the `netrc-file` already named there, else `netrc` beside it.
@@ -33,6 +39,32 @@ pub struct UseLines {
     pub public_key: String,
     pub host: String,
     pub token: Option<String>,
+    /// The cache proxies upstreams: put it before every other substituter, with
+    /// this priority.
+    pub first: Option<i32>,
+}
+
+/// Nix's `substituters` when nix.conf names none.
+const NIX_DEFAULT_SUBSTITUTERS: &[&str] = &["https://cache.nixos.org/"];
+/// cache.nixos.org's priority; a pull-through cache must answer before it.
+const NIXOS_PRIORITY: i32 = 40;
+
+/// The priority `use` gives a pull-through cache of this priority.
+pub fn first_priority(cache_priority: i32) -> i32 {
+    cache_priority.min(NIXOS_PRIORITY - 1)
+}
+
+/// The substituter URL written for these lines.
+fn substituter_url(lines: &UseLines) -> String {
+    match lines.first {
+        Some(p) => format!("{}?priority={p}", lines.substituter),
+        None => lines.substituter.clone(),
+    }
+}
+
+/// Whether a nix.conf substituter entry is this cache (with or without a query).
+fn is_this(entry: &str, url: &str) -> bool {
+    entry.split('?').next() == Some(url)
 }
 
 /// The host part of a URL, without user info or port (what netrc matches).
@@ -99,12 +131,38 @@ pub fn get_key(text: &str, key: &str) -> Option<String> {
 /// nix.conf text with the cache added.
 pub fn edit_nix_conf(text: &str, lines: &UseLines, netrc: Option<&Path>) -> String {
     let url = lines.substituter.clone();
-    let mut t = set_key(text, "extra-substituters", |mut v| {
-        if !v.contains(&url) {
-            v.push(url.clone());
+    let mut t = if lines.first.is_some() {
+        let entry = substituter_url(lines);
+        let had = get_key(text, "substituters").is_some();
+        let t = set_key(text, "substituters", |v| {
+            let rest: Vec<String> = if had {
+                v
+            } else {
+                NIX_DEFAULT_SUBSTITUTERS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            };
+            std::iter::once(entry.clone())
+                .chain(rest.into_iter().filter(|e| !is_this(e, &url)))
+                .collect()
+        });
+        // Listed once: an extra-substituters entry would come after the others.
+        if get_key(&t, "extra-substituters").is_some() {
+            set_key(&t, "extra-substituters", |v| {
+                v.into_iter().filter(|e| !is_this(e, &url)).collect()
+            })
+        } else {
+            t
         }
-        v
-    });
+    } else {
+        set_key(text, "extra-substituters", |mut v| {
+            if !v.contains(&url) {
+                v.push(url.clone());
+            }
+            v
+        })
+    };
     let key = lines.public_key.clone();
     let key_name = key.split(':').next().unwrap_or("").to_owned();
     t = set_key(&t, "extra-trusted-public-keys", |v| {
@@ -176,7 +234,15 @@ impl Destinations {
 pub fn render(lines: &UseLines, dest: &Destinations) -> String {
     let mut s = String::new();
     s.push_str(&format!("# {}\n", dest.nix_conf.display()));
-    s.push_str(&format!("extra-substituters = {}\n", lines.substituter));
+    if lines.first.is_some() {
+        let current = read_or_empty(&dest.nix_conf).unwrap_or_default();
+        let edited = edit_nix_conf(&current, lines, None);
+        let subs = get_key(&edited, "substituters").unwrap_or_default();
+        s.push_str("# a pull-through cache: first, the others behind it\n");
+        s.push_str(&format!("substituters = {subs}\n"));
+    } else {
+        s.push_str(&format!("extra-substituters = {}\n", lines.substituter));
+    }
     s.push_str(&format!(
         "extra-trusted-public-keys = {}\n",
         lines.public_key
@@ -244,7 +310,35 @@ mod tests {
             public_key: key.into(),
             host: "h".into(),
             token: Some("tok".into()),
+            first: None,
         }
+    }
+
+    #[test]
+    fn a_pull_through_cache_goes_first() {
+        let mut l = lines("team-dev:AAA=");
+        l.first = Some(first_priority(41));
+        // Nothing named: Nix's default stays, behind larder.
+        let t = edit_nix_conf("sandbox = false\n", &l, None);
+        assert!(
+            t.contains(
+                "substituters = http://h:8080/team-dev?priority=39 https://cache.nixos.org/\n"
+            ),
+            "{t}"
+        );
+        assert_eq!(edit_nix_conf(&t, &l, None), t, "idempotent");
+        // Named before, and listed as an extra: moved to the head, once.
+        let t = edit_nix_conf(
+            "substituters = https://a https://cache.nixos.org\nextra-substituters = http://h:8080/team-dev\n",
+            &l,
+            None,
+        );
+        assert!(
+            t.contains("substituters = http://h:8080/team-dev?priority=39 https://a https://cache.nixos.org\n"),
+            "{t}"
+        );
+        assert!(!t.contains("extra-substituters = http"), "{t}");
+        assert_eq!(first_priority(30), 30);
     }
 
     #[test]
