@@ -52,12 +52,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-median() {
-    sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
-}
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A url
@@ -85,17 +79,8 @@ for side in on off; do
 done
 
 # One NAR of size_mib: half random bytes, half text, pushed with Nix as zstd.
-export NIX_CONFIG="build-users-group =
-sandbox = false
-experimental-features = nix-command
-substituters =
-require-sigs = false"
-export XDG_CACHE_HOME="$work/xdg-cache" HOME="$work/home"
-mkdir -p "$HOME"
-half=$((size_mib / 2))
-{ head -c "${half}M" /dev/urandom; head -c "$((size_mib - half))M" < <(yes larder); } >"$work/blob"
-path=$(nix-store --store "$work/store" --add "$work/blob")
-rm -f "$work/blob"
+bench_nix_env "$work"
+path=$(mixed_nar_path "$work" "$size_mib")
 hash=$(basename "$path" | cut -c1-32)
 narinfo="/bench/$hash.narinfo"
 for side in on off; do

@@ -56,12 +56,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-median() {
-    sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
-}
 
 # A certificate for the benchmark only (the client is curl/wrk, not larder).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
@@ -97,17 +91,8 @@ curl -sS --fail -o /dev/null -X POST -H "Authorization: Bearer $token" \
     "$plain/_api/v1/cache-config/bench"
 
 # One NAR of size_mib: half random bytes, half text, pushed with Nix as zstd.
-export NIX_CONFIG="build-users-group =
-sandbox = false
-experimental-features = nix-command
-substituters =
-require-sigs = false"
-export XDG_CACHE_HOME="$work/xdg-cache" HOME="$work/home"
-mkdir -p "$HOME"
-half=$((size_mib / 2))
-{ head -c "${half}M" /dev/urandom; head -c "$((size_mib - half))M" < <(yes larder); } >"$work/blob"
-path=$(nix-store --store "$work/store" --add "$work/blob")
-rm -f "$work/blob"
+bench_nix_env "$work"
+path=$(mixed_nar_path "$work" "$size_mib")
 echo "machine 127.0.0.1 password $token" >"$work/netrc"
 nix copy --from "$work/store" --to "$plain/bench?compression=zstd" \
     --option netrc-file "$work/netrc" "$path" >&2

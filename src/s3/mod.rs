@@ -232,23 +232,30 @@ pub async fn handle(
 /// The future a Host-routing middleware answers with.
 pub type HookFuture = std::pin::Pin<Box<dyn Future<Output = axum::response::Response> + Send>>;
 
-/// A middleware for the main router: requests whose Host is the S3 host (or a
-/// bucket under it) go to the S3 API, everything else on to the Nix routes.
-/// `None` when no `s3_host` is configured.
-/// Whether the S3 host hook ([`host_layer`]) answers `req` on the main listener.
-pub fn is_s3_request(larder: &Larder, req: &axum::extract::Request) -> bool {
-    let Some(s3_host) = larder.config.s3.host.as_deref() else {
-        return false;
-    };
+/// Whether `req`'s Host (or, without one, its URI's authority) is `s3_host` or a
+/// bucket under it. Reads the header in place: this runs on every request.
+fn addressed_to(req: &axum::extract::Request, s3_host: &str) -> bool {
     let host = req
         .headers()
         .get(hyper::header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    host.is_some_and(|h| is_s3_host(&h, s3_host))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    host.is_some_and(|h| is_s3_host(h, s3_host))
 }
 
+/// Whether the S3 host hook ([`host_layer`]) answers `req` on the main listener.
+pub fn is_s3_request(larder: &Larder, req: &axum::extract::Request) -> bool {
+    larder
+        .config
+        .s3
+        .host
+        .as_deref()
+        .is_some_and(|s3_host| addressed_to(req, s3_host))
+}
+
+/// A middleware for the main router: requests whose Host is the S3 host (or a
+/// bucket under it) go to the S3 API, everything else on to the Nix routes.
+/// `None` when no `s3_host` is configured.
 pub fn host_layer(
     larder: Arc<Larder>,
 ) -> Option<
@@ -265,15 +272,10 @@ pub fn host_layer(
             let service = service.clone();
             let s3_host = s3_host.clone();
             Box::pin(async move {
-                let host = req
-                    .headers()
-                    .get(hyper::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-                    .or_else(|| req.uri().authority().map(|a| a.to_string()));
-                match host {
-                    Some(h) if is_s3_host(&h, &s3_host) => handle(&service, req).await,
-                    _ => next.run(req).await,
+                if addressed_to(&req, &s3_host) {
+                    handle(&service, req).await
+                } else {
+                    next.run(req).await
                 }
             })
         },

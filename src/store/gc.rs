@@ -542,6 +542,18 @@ mod tests {
         m.chunks.iter().map(|c| c.id).collect()
     }
 
+    /// Every byte a download resolved earlier reads now.
+    fn read_resolved(store: &ChunkStore, nar: &crate::store::ResolvedNar) -> Vec<u8> {
+        let mut got = Vec::new();
+        store
+            .read_raw_range(nar, 0, u64::MAX, |b| {
+                got.extend_from_slice(&b);
+                true
+            })
+            .unwrap();
+        got
+    }
+
     fn pack_count(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir.join("packs")).unwrap().count()
     }
@@ -614,14 +626,7 @@ mod tests {
         assert!(done[0].1.records_moved as usize >= live.len());
         // The early reader still reads the old pack; it is only unlinked after.
         assert_eq!(pack_count(dir.path()), 2);
-        let mut got = Vec::new();
-        store
-            .read_raw_range(&early, 0, u64::MAX, |b| {
-                got.extend_from_slice(&b);
-                true
-            })
-            .unwrap();
-        assert!(got == keep_bytes);
+        assert!(read_resolved(&store, &early) == keep_bytes);
         drop(early);
         store.reap_retired().unwrap();
         assert_eq!(pack_count(dir.path()), 1);
@@ -684,14 +689,10 @@ mod tests {
         assert_eq!(queued.len(), 1);
         assert!(queued[0].1 > 1_500_000, "{queued:?}");
         assert_eq!(store.retired_waiting(), 1, "the punch waits for the reader");
-        let mut got = Vec::new();
-        store
-            .read_raw_range(&early, 0, u64::MAX, |b| {
-                got.extend_from_slice(&b);
-                true
-            })
-            .unwrap();
-        assert!(got == gone_bytes, "the early reader reads whole bytes");
+        assert!(
+            read_resolved(&store, &early) == gone_bytes,
+            "the early reader reads whole bytes"
+        );
         drop(early);
         store.reap_retired().unwrap();
         assert_eq!(store.retired_waiting(), 0);

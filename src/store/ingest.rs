@@ -170,6 +170,21 @@ impl Upload<'_> {
         })
     }
 
+    /// Resolve `batch` and add its chunks, in order, to `refs`.
+    fn resolve_into(
+        &mut self,
+        batch: &[RawChunk],
+        refs: &mut Vec<ChunkRef>,
+    ) -> Result<(), StoreError> {
+        let locs = self.resolve(batch)?;
+        refs.extend(batch.iter().zip(locs).map(|(c, l)| ChunkRef {
+            id: c.id,
+            raw_len: l.raw_len,
+            frame_len: l.frame_len,
+        }));
+        Ok(())
+    }
+
     fn resolve(&mut self, batch: &[RawChunk]) -> Result<Vec<Location>, StoreError> {
         let mut out: Vec<Option<Location>> = batch
             .iter()
@@ -302,14 +317,7 @@ impl ChunkStore {
             let writer = scope.spawn(|| -> Result<Vec<ChunkRef>, StoreError> {
                 let mut refs = Vec::new();
                 for batch in rx {
-                    let locs = upload.resolve(&batch)?;
-                    for (c, l) in batch.iter().zip(locs) {
-                        refs.push(ChunkRef {
-                            id: c.id,
-                            raw_len: l.raw_len,
-                            frame_len: l.frame_len,
-                        });
-                    }
+                    upload.resolve_into(&batch, &mut refs)?;
                 }
                 upload.commit()?;
                 Ok(refs)
@@ -344,14 +352,7 @@ impl ChunkStore {
         let result = (|| {
             let mut refs = Vec::with_capacity(raw.len());
             for batch in raw.chunks(BATCH_CHUNKS * 32) {
-                let locs = upload.resolve(batch)?;
-                for (c, l) in batch.iter().zip(locs) {
-                    refs.push(ChunkRef {
-                        id: c.id,
-                        raw_len: l.raw_len,
-                        frame_len: l.frame_len,
-                    });
-                }
+                upload.resolve_into(batch, &mut refs)?;
             }
             upload.commit()?;
             Ok::<_, StoreError>(refs)
