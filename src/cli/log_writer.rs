@@ -24,6 +24,9 @@ const MAX_BUFFERED: usize = 4 << 20;
 #[derive(Default)]
 struct State {
     buf: Vec<u8>,
+    /// The buffer last written out, kept for the next swap so that neither
+    /// buffer grows from nothing (and is freed) every [`FLUSH_EVERY`].
+    spare: Vec<u8>,
     closing: bool,
 }
 
@@ -38,7 +41,10 @@ impl Shared {
     /// without it).
     fn drain(&self) {
         let mut out = match self.state.lock() {
-            Ok(mut s) => std::mem::take(&mut s.buf),
+            Ok(mut s) => {
+                let spare = std::mem::take(&mut s.spare);
+                std::mem::replace(&mut s.buf, spare)
+            }
             Err(_) => return,
         };
         if !out.is_empty() {
@@ -47,10 +53,9 @@ impl Shared {
             let _ = err.flush();
             out.clear();
         }
-        // Give the allocation back for reuse when nothing arrived meanwhile.
-        if let Ok(mut s) = self.state.lock() {
-            if s.buf.is_empty() && out.capacity() <= MAX_BUFFERED {
-                s.buf = out;
+        if out.capacity() <= MAX_BUFFERED {
+            if let Ok(mut s) = self.state.lock() {
+                s.spare = out;
             }
         }
     }
@@ -59,6 +64,17 @@ impl Shared {
 /// The `MakeWriter` for the fmt layer.
 #[derive(Clone)]
 pub struct BufferedStderr(Arc<Shared>);
+
+impl BufferedStderr {
+    /// Append one whole line to the batch (written out within [`FLUSH_EVERY`]).
+    pub fn write_batched(&self, line: &[u8]) {
+        let _ = LineWriter {
+            shared: &self.0,
+            batched: true,
+        }
+        .write(line);
+    }
+}
 
 /// Writes out what is left when dropped: keep it until the end of `serve`.
 pub struct FlushGuard {

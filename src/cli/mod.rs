@@ -4,6 +4,7 @@
 //! `LARDER_SERVER`/`LARDER_TOKEN`) or directly on a data dir (`--data-dir`), with
 //! the same service code behind both.
 
+mod access_lines;
 mod check_config;
 mod client;
 mod completions;

@@ -13,6 +13,11 @@ use clap::Args;
 use larder::auth::generate_token;
 use larder::config::{Config, FileConfig};
 use larder::service::Larder;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Layer, Registry};
+
+use super::access_lines;
 
 /// How often staged NARs without a narinfo are looked for.
 const STAGED_SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -55,24 +60,50 @@ fn init_logging(format: larder::config::LogFormat) -> super::log_writer::FlushGu
         // failures (`LARDER_LOG=info,s3s=debug` shows the protocol detail).
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off"));
     let (writer, guard) = super::log_writer::buffered_stderr();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    match format {
-        larder::config::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        larder::config::LogFormat::Text if journal => {
-            builder.without_time().with_ansi(false).init()
+    let not_access =
+        tracing_subscriber::filter::filter_fn(|m| m.target() != access_lines::ACCESS_TARGET);
+    let (lines, style): (Box<dyn Layer<Registry> + Send + Sync>, _) = match format {
+        larder::config::LogFormat::Json => (
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer.clone())
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_filter(not_access)
+                .boxed(),
+            access_lines::Style::Json,
+        ),
+        larder::config::LogFormat::Text if journal => (
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer.clone())
+                .without_time()
+                .with_ansi(false)
+                .with_filter(not_access)
+                .boxed(),
+            access_lines::Style::Text {
+                time: false,
+                ansi: false,
+            },
+        ),
+        larder::config::LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            (
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer.clone())
+                    .with_ansi(ansi)
+                    .with_filter(not_access)
+                    .boxed(),
+                access_lines::Style::Text { time: true, ansi },
+            )
         }
-        larder::config::LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    };
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(access_lines::AccessLines::new(writer, style))
+        .with(filter)
+        .init();
     guard
 }
 

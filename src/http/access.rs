@@ -47,15 +47,16 @@ pub struct Note {
 enum Subject {
     Admin,
     Token(Arc<TokenClaims>),
+    /// `s3:<key name>`.
     S3Key(String),
 }
 
-impl std::fmt::Display for Subject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Subject {
+    fn as_str(&self) -> &str {
         match self {
-            Subject::Admin => f.write_str("admin"),
-            Subject::Token(c) => f.write_str(&c.sub),
-            Subject::S3Key(name) => write!(f, "s3:{name}"),
+            Subject::Admin => "admin",
+            Subject::Token(c) => &c.sub,
+            Subject::S3Key(named) => named,
         }
     }
 }
@@ -65,9 +66,22 @@ impl std::fmt::Display for Subject {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RequestId(u64);
 
+impl RequestId {
+    /// The 16 lowercase hex digits.
+    fn hex(self) -> [u8; 16] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, d) in out.iter_mut().enumerate() {
+            *d = DIGITS[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
+        // invariant: hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex()).unwrap_or("-"))
     }
 }
 
@@ -98,7 +112,7 @@ pub(crate) fn note_caller(who: &Caller) {
 
 /// Record the S3 access key (by name) that signed the request being served.
 pub(crate) fn note_s3_key(name: &str) {
-    let _ = NOTE.try_with(|n| n.subject.set(Subject::S3Key(name.to_owned())));
+    let _ = NOTE.try_with(|n| n.subject.set(Subject::S3Key(format!("s3:{name}"))));
 }
 
 /// The cache a Nix or API request names, read from its path.
@@ -126,18 +140,6 @@ fn cache_of(class: Class, path: &str) -> Option<&str> {
                 return None;
             }
             first(rest)
-        }
-    }
-}
-
-/// `-` for a missing value in a log line.
-struct OrDash<T>(Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
         }
     }
 }
@@ -170,22 +172,37 @@ impl Entry {
         } else {
             "aborted"
         };
+        let id = self.id.hex();
+        // Fields as `&str` and numbers where they can be: a `Display` value costs
+        // a trip through `core::fmt` on every request.
         tracing::info!(
             target: "larder::access",
-            request_id = %self.id,
-            remote = %OrDash(self.remote.map(|a| a.ip())),
-            method = %self.method,
-            path = %self.path,
-            cache = %OrDash(cache_of(self.class, &self.path)),
-            class = ?self.class,
+            request_id = std::str::from_utf8(&id).unwrap_or("-"),
+            remote = ?OrDash(self.remote.map(|a| a.ip())),
+            method = self.method.as_str(),
+            path = self.path.as_str(),
+            cache = cache_of(self.class, &self.path).unwrap_or("-"),
+            class = self.class.as_str(),
             status = self.status,
             bytes_in = self.received.as_ref().map_or(0, |r| r.load(Ordering::Relaxed)),
             bytes_out = self.sent,
             duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-            subject = %OrDash(self.note.subject.get()),
-            outcome = %outcome,
+            subject = self.note.subject.get().map_or("-", Subject::as_str),
+            outcome = outcome,
             "request"
         );
+    }
+}
+
+/// The peer's address, or `-` when the listener does not know it.
+struct OrDash(Option<std::net::IpAddr>);
+
+impl std::fmt::Debug for OrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(ip) => std::fmt::Display::fmt(ip, f),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -319,16 +336,19 @@ pub fn begin(
 }
 
 impl Pending {
-    /// Run the handler with the request's [`Note`] in scope.
-    pub async fn run<F: std::future::Future>(&self, fut: F) -> F::Output {
-        NOTE.scope(self.entry.note.clone(), fut).await
+    /// The handler's future, with the request's [`Note`] in scope.
+    pub fn scope<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Arc<Note>, F> {
+        NOTE.scope(self.entry.note.clone(), fut)
     }
 
     /// Attach the account to the response: the `x-request-id` header, and a body
     /// that writes the log line when it is done.
     pub fn finish<B: HttpBody>(mut self, resp: hyper::Response<B>) -> hyper::Response<Logged<B>> {
         let (mut parts, body) = resp.into_parts();
-        if let Ok(v) = HeaderValue::from_str(&self.entry.id.to_string()) {
+        if let Ok(v) = HeaderValue::from_bytes(&self.entry.id.hex()) {
             parts.headers.insert(REQUEST_ID_HEADER, v);
         }
         self.entry.status = parts.status.as_u16();
@@ -359,6 +379,8 @@ mod tests {
         let b = next_request_id().to_string();
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
+        let id = RequestId(0x0123_4567_89ab_cdef);
+        assert_eq!(id.to_string(), format!("{:016x}", id.0));
         assert!(HeaderValue::from_str(&a).is_ok());
     }
 

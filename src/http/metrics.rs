@@ -2,6 +2,8 @@
 //! request of the main router (its class, status, time to the response head and
 //! body sizes), and [`Counted`] wraps a listener to count open connections.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,8 +12,8 @@ use std::time::Instant;
 use axum::body::HttpBody as _;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{blocking, caller, ApiError};
@@ -25,50 +27,104 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Count one request of the main router and write its access-log line. `class`
-/// is `s3` when the S3 host hook answered it (the hook runs inside this layer).
-pub(crate) async fn observe(
-    State(larder): State<Arc<Larder>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let head = req.method() == Method::HEAD;
-    let received = content_length(req.headers()).unwrap_or(0);
-    let s3 = crate::s3::is_s3_request(&larder, &req);
-    let class = if s3 {
-        Class::s3
-    } else {
-        Class::of(req.method(), req.uri().path())
-    };
-    let (resp, pending) = if larder.config.log.access {
-        let remote = peer(&req);
-        let (req, pending) = super::access::begin(req, class, remote);
-        (pending.run(next.run(req)).await, Some(pending))
-    } else {
-        (next.run(req).await, None)
-    };
-    if larder.config.metrics {
-        let sent = if head {
-            0
-        } else {
-            resp.body()
-                .size_hint()
-                .exact()
-                .or_else(|| content_length(resp.headers()))
-                .unwrap_or(0)
-        };
-        larder.metrics.request(
-            class,
-            resp.status().as_u16(),
-            started.elapsed(),
-            received,
-            sent,
-        );
+/// The layer that counts every request of the main router and writes its
+/// access-log line (outermost, so the S3 host's answers are counted too).
+///
+/// A `tower` layer rather than `axum::middleware::from_fn`: that one clones and
+/// boxes the rest of the router for every request, which at narinfo rates is a
+/// measurable share of the work.
+#[derive(Clone)]
+pub(crate) struct ObserveLayer {
+    larder: Arc<Larder>,
+}
+
+impl ObserveLayer {
+    pub(crate) fn new(larder: Arc<Larder>) -> ObserveLayer {
+        ObserveLayer { larder }
     }
-    match pending {
-        Some(p) => p.finish(resp).map(axum::body::Body::new),
-        None => resp,
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            larder: self.larder.clone(),
+        }
+    }
+}
+
+/// [`ObserveLayer`]'s service around one route.
+#[derive(Clone)]
+pub(crate) struct Observe<S> {
+    inner: S,
+    larder: Arc<Larder>,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> tower::Service<Request> for Observe<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Answer {
+        let started = Instant::now();
+        let larder = &self.larder;
+        let head = req.method() == Method::HEAD;
+        let received = content_length(req.headers()).unwrap_or(0);
+        let class = if crate::s3::is_s3_request(larder, &req) {
+            Class::s3
+        } else {
+            Class::of(req.method(), req.uri().path())
+        };
+        let metrics = larder.config.metrics.then(|| larder.metrics.clone());
+        // `poll_ready` was answered by the inner service: call it, no clone.
+        let (answer, pending) = if larder.config.log.access {
+            let remote = peer(&req);
+            let (req, pending) = super::access::begin(req, class, remote);
+            let answer = pending.scope(self.inner.call(req));
+            (Either::Left(answer), Some(pending))
+        } else {
+            (Either::Right(self.inner.call(req)), None)
+        };
+        Box::pin(async move {
+            let resp = match answer {
+                Either::Left(scoped) => scoped.await,
+                Either::Right(plain) => plain.await,
+            }?;
+            if let Some(metrics) = metrics {
+                let sent = if head {
+                    0
+                } else {
+                    resp.body()
+                        .size_hint()
+                        .exact()
+                        .or_else(|| content_length(resp.headers()))
+                        .unwrap_or(0)
+                };
+                metrics.request(
+                    class,
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                    received,
+                    sent,
+                );
+            }
+            Ok(match pending {
+                Some(p) => p.finish(resp).map(axum::body::Body::new),
+                None => resp,
+            })
+        })
     }
 }
 

@@ -96,10 +96,7 @@ pub fn router(larder: Arc<Larder>) -> Router {
     };
     // Outermost, so every answer is counted and logged, the S3 host's included.
     if larder.config.metrics || larder.config.log.access {
-        router.layer(axum::middleware::from_fn_with_state(
-            larder,
-            metrics::observe,
-        ))
+        router.layer(metrics::ObserveLayer::new(larder))
     } else {
         router
     }

@@ -50,6 +50,18 @@ impl Class {
         Class::other,
     ];
 
+    /// The class's name, as its label value and access-log field read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::narinfo => "narinfo",
+            Class::nar => "nar",
+            Class::upload => "upload",
+            Class::api => "api",
+            Class::s3 => "s3",
+            Class::other => "other",
+        }
+    }
+
     /// The class of a request on the main router (S3 requests by Host are told
     /// apart by the caller).
     pub fn of(method: &hyper::Method, path: &str) -> Class {

@@ -127,7 +127,7 @@ pub async fn serve(
                             let mut req = req.map(s3s::Body::http_body_unsync);
                             ignore_unusable_range(req.headers_mut());
                             let resp = match &pending {
-                                Some(p) => p.run(service.call(req)).await,
+                                Some(p) => p.scope(service.call(req)).await,
                                 None => service.call(req).await,
                             }?;
                             if larder.config.metrics {
