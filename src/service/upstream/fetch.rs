@@ -38,19 +38,27 @@ use crate::service::{Larder, NarBody, NarResponse, ServiceError};
 const SPOOL_READ: u64 = 1 << 20;
 /// The least a client reads from the spool at once while the fetch runs.
 const SPOOL_MIN: u64 = 256 << 10;
-/// The nice value of the threads that store fetched NARs: clients (and the
-/// decoder they wait for) come first; the store catches up after.
-const INGEST_NICE: i32 = 10;
+/// The nice value of the threads that store fetched NARs where the idle class
+/// cannot be had: clients (and the decoder they wait for) come first; the
+/// store catches up after.
+const INGEST_NICE: i32 = 19;
 /// Compression threads of those ingests.
 const INGEST_THREADS: usize = 2;
 
-/// Lower the calling thread's CPU priority (Linux: nice is per thread, and
-/// threads it starts inherit it); failing to is harmless.
+/// Put the calling thread in Linux's idle scheduling class (`SCHED_IDLE`: it
+/// runs only on a core nothing else wants), else at the lowest nice value.
+/// Both are per thread on Linux, and threads it starts inherit them. A fetched
+/// NAR is already safe in the spool, so storing it can wait for a quiet core;
+/// clients, and the decoder they read behind, never wait for it. Failing to
+/// lower the priority is harmless.
 fn lower_priority() {
-    // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the calling
-    // thread's priority and touches no memory.
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler and setpriority with pid/who 0 change only the
+    // calling thread's scheduling; `idle` outlives the call.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, INGEST_NICE);
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, INGEST_NICE);
+        }
     }
 }
 
@@ -384,6 +392,7 @@ impl Larder {
                 .name("larder-proxy-ingest".into())
                 .spawn(move || {
                     lower_priority();
+                    reader.shared.wait_end();
                     let r = pool
                         .install(|| -> Result<_, ServiceError> { Ok(me.store()?.ingest(reader)?) });
                     let _ = itx.send(r);
@@ -513,6 +522,19 @@ impl Spooled {
         self.more.notify_all();
     }
 
+    /// Block until the decoder is done (whichever way).
+    fn wait_end(&self) {
+        let Ok(mut p) = self.progress.lock() else {
+            return;
+        };
+        while p.end.is_none() {
+            p = match self.more.wait(p) {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+        }
+    }
+
     fn finish(&self, end: Result<(), String>) {
         if let Ok(mut p) = self.progress.lock() {
             p.end.get_or_insert(end);
@@ -605,41 +627,67 @@ fn decode_to_spool(
     let mut hasher = Sha256Hasher::new();
     let mut validator = NarValidator::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; SPOOL_MIN as usize];
-    loop {
-        // Whole pieces: a decoder answers a few KiB per read, and each piece
-        // costs a spool write and wakes the clients and the ingest.
-        let mut n = 0;
-        while n < buf.len() {
-            let got = decoder
-                .read(&mut buf[n..])
-                .map_err(|e| bad(format!("the NAR does not decode as {compression:?}: {e}")))?;
-            if got == 0 {
-                break;
+    // Two threads: one decodes (xz alone takes most of a core), this one checks,
+    // hashes and spools what it decoded, a piece behind. Pieces go back to the
+    // decoder for reuse.
+    let (pieces_tx, pieces) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| -> Result<(), ServiceError> {
+        // Owned here, so that an early return drops it and a decoder blocked on
+        // a full channel ends instead of holding the scope open.
+        let pieces = pieces;
+        scope.spawn(move || loop {
+            let mut buf = spent_rx.try_recv().unwrap_or_default();
+            buf.resize(SPOOL_MIN as usize, 0);
+            // Whole pieces: a decoder answers a few KiB per read, and each piece
+            // costs a spool write and wakes the clients and the ingest.
+            let mut n = 0;
+            let mut failed = None;
+            while n < buf.len() {
+                match decoder.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(got) => n += got,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
-            n += got;
+            buf.truncate(n);
+            let last = n == 0 || failed.is_some();
+            if n > 0 && pieces_tx.send(Ok(buf)).is_err() {
+                return;
+            }
+            if let Some(e) = failed {
+                let _ = pieces_tx.send(Err(e));
+            }
+            if last {
+                return;
+            }
+        });
+        for piece in pieces.iter() {
+            let data = piece
+                .map_err(|e| bad(format!("the NAR does not decode as {compression:?}: {e}")))?;
+            size += data.len() as u64;
+            if size > p.nar_size {
+                return Err(bad(format!(
+                    "the NAR is longer than its signed NarSize ({} bytes)",
+                    p.nar_size
+                )));
+            }
+            validator
+                .feed(&data)
+                .map_err(|e| bad(format!("the NAR is not a NAR: {e}")))?;
+            hasher.update(&data);
+            writer
+                .write_all(&data)
+                .map_err(|e| internal(format!("writing the spool: {e}")))?;
+            shared.advance(size);
+            tx.send_replace(State::Running(size));
+            let _ = spent.send(data);
         }
-        if n == 0 {
-            break;
-        }
-        let data = &buf[..n];
-        size += n as u64;
-        if size > p.nar_size {
-            return Err(bad(format!(
-                "the NAR is longer than its signed NarSize ({} bytes)",
-                p.nar_size
-            )));
-        }
-        validator
-            .feed(data)
-            .map_err(|e| bad(format!("the NAR is not a NAR: {e}")))?;
-        hasher.update(data);
-        writer
-            .write_all(data)
-            .map_err(|e| internal(format!("writing the spool: {e}")))?;
-        shared.advance(size);
-        tx.send_replace(State::Running(size));
-    }
+        Ok(())
+    })?;
     validator
         .finish()
         .map_err(|e| bad(format!("the NAR is cut short: {e}")))?;
