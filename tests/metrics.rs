@@ -22,7 +22,7 @@ struct Sample {
 
 /// The families `prometheus_client.parser.text_string_to_metric_families` read.
 #[derive(Debug)]
-struct Scrape {
+pub(crate) struct Scrape {
     /// family name -> type
     types: BTreeMap<String, String>,
     samples: Vec<Sample>,
@@ -77,7 +77,7 @@ impl Scrape {
     }
 
     /// The sum of the samples named `name` whose labels include `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|s| s.name == name)
@@ -91,14 +91,14 @@ impl Scrape {
     }
 
     /// The one sample named `name` with exactly no labels.
-    fn value(&self, name: &str) -> f64 {
+    pub(crate) fn value(&self, name: &str) -> f64 {
         let found: Vec<&Sample> = self.samples.iter().filter(|s| s.name == name).collect();
         assert_eq!(found.len(), 1, "samples named {name}: {found:?}");
         found[0].value
     }
 }
 
-fn scrape(url: &str, auth: Auth<'_>) -> Scrape {
+pub(crate) fn scrape(url: &str, auth: Auth<'_>) -> Scrape {
     let r = http::get(url, auth);
     assert_eq!(r.status, 200, "GET {url}: {}", r.text());
     let ct = r.header("content-type").unwrap_or_default().to_owned();
@@ -139,6 +139,16 @@ const FAMILIES: &[(&str, &str)] = &[
     ("larder_gc_last_pass_paths_evicted", "gauge"),
     ("larder_process_resident_memory_bytes", "gauge"),
     ("larder_process_open_fds", "gauge"),
+    ("larder_upstream_nar_fetches_running", "gauge"),
+];
+
+/// The pull-through families: samples only once a cache has upstreams (the
+/// pull-through tests in upstreams.rs read them).
+const UPSTREAM_FAMILIES: &[(&str, &str)] = &[
+    ("larder_upstream_narinfo_lookups", "counter"),
+    ("larder_upstream_nar_fetches", "counter"),
+    ("larder_upstream_fetched_bytes", "counter"),
+    ("larder_upstream_up", "gauge"),
 ];
 
 #[test]
@@ -422,7 +432,7 @@ fn the_grafana_dashboard_and_the_alerts_query_only_exported_metrics() {
             .map(str::to_owned),
     );
     let mut known: Vec<String> = vec!["larder_tls_certificate_expiry_seconds".into()];
-    for (name, typ) in FAMILIES {
+    for (name, typ) in FAMILIES.iter().chain(UPSTREAM_FAMILIES) {
         match *typ {
             "counter" => known.push(format!("{name}_total")),
             "histogram" => {

@@ -214,6 +214,33 @@ fn upstream_closure_substitutes_through_larder_then_from_larder_alone() {
         assert_eq!(up.gets(&nar), 1, "NAR of {p} fetched once");
     }
 
+    // The upstream figures: a found lookup and a checked fetch per path, the
+    // bytes the upstream sent (its FileSizes), the upstream up.
+    let m = crate::metrics::scrape(&format!("{}/metrics", server.url()), server.auth());
+    let by = |name: &str, result: &str| {
+        m.sum(name, &[("upstream", up.url.as_str()), ("result", result)])
+    };
+    let n = c.paths.len() as f64;
+    assert_eq!(by("larder_upstream_narinfo_lookups_total", "found"), n);
+    assert_eq!(by("larder_upstream_nar_fetches_total", "checked"), n);
+    assert_eq!(by("larder_upstream_nar_fetches_total", "failed"), 0.0);
+    let file_sizes: f64 = c
+        .paths
+        .iter()
+        .map(|p| up.narinfo(p).require("FileSize").parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(
+        m.sum(
+            "larder_upstream_fetched_bytes_total",
+            &[("upstream", up.url.as_str())]
+        ),
+        file_sizes
+    );
+    assert_eq!(
+        m.sum("larder_upstream_up", &[("upstream", up.url.as_str())]),
+        1.0
+    );
+
     // Now stored like a pushed path: zstd, counted in stats.
     wait_stored(&server, 3);
     let stored = served(&cache, &c.mid);
@@ -231,6 +258,19 @@ fn upstream_closure_substitutes_through_larder_then_from_larder_alone() {
     // A path no upstream can confirm while it is down: 404, so Nix moves on.
     let absent = format!("{}.narinfo", "0".repeat(32));
     assert_eq!(http::get(&cache.at(&absent), Auth::None).status, 404);
+    let m = crate::metrics::scrape(&format!("{}/metrics", server.url()), server.auth());
+    assert_eq!(
+        m.sum("larder_upstream_up", &[("upstream", up.url.as_str())]),
+        0.0,
+        "an upstream that stopped answering is down"
+    );
+    assert!(
+        m.sum(
+            "larder_upstream_narinfo_lookups_total",
+            &[("upstream", up.url.as_str()), ("result", "error")]
+        ) >= 1.0
+    );
+    assert_eq!(m.value("larder_upstream_nar_fetches_running"), 0.0);
     let log = server.log();
     assert_eq!(
         log.matches("upstream is failing").count(),
@@ -451,6 +491,15 @@ fn upstream_failures_fail_cleanly_and_store_nothing() {
         assert!(Instant::now() < deadline, "spool files left: {left:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Four fetches failed (NAR 500, truncated, stalled, wrong hash); none
+    // checked out; the 500s and the slow narinfo counted as errors.
+    let m = crate::metrics::scrape(&format!("{}/metrics", server.url()), server.auth());
+    let by = |name: &str, result: &str| {
+        m.sum(name, &[("upstream", up.url.as_str()), ("result", result)])
+    };
+    assert_eq!(by("larder_upstream_nar_fetches_total", "failed"), 4.0);
+    assert_eq!(by("larder_upstream_nar_fetches_total", "checked"), 0.0);
+    assert!(by("larder_upstream_narinfo_lookups_total", "error") >= 2.0);
 
     // With the upstream healthy again the same path comes through and is stored.
     std::fs::write(&nar_file, original).unwrap();

@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 mod requests;
+pub(crate) mod upstream;
 use requests::{BytesView, LatencyView, RequestStats, RequestsView};
 
 /// The content type of the text [`Metrics::render`] returns: the Prometheus text
@@ -161,6 +162,8 @@ pub struct Metrics {
     gc_last_bytes: Gauge,
     gc_last_paths: Gauge,
     tls_expiry: Family<NameLabel, Gauge>,
+    /// The pull-through cache's figures.
+    pub(crate) upstream: upstream::UpstreamMetrics,
     rss_bytes: Gauge,
     open_fds: Gauge,
     /// The served certificate, when TLS is on (set once the listeners are bound).
@@ -352,6 +355,7 @@ impl Metrics {
             Unit::Seconds,
             tls_expiry.clone(),
         );
+        let upstream = upstream::UpstreamMetrics::register(r);
         Metrics {
             registry: root,
             requests,
@@ -378,6 +382,7 @@ impl Metrics {
             gc_last_bytes,
             gc_last_paths,
             tls_expiry,
+            upstream,
             rss_bytes,
             open_fds,
             tls: OnceLock::new(),

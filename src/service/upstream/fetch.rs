@@ -29,6 +29,7 @@ use tokio::sync::{watch, Semaphore};
 use super::{compression_of, parse_proxied_nar_name, render_served, resolve_url, UpstreamError};
 use crate::auth::{Caller, Permission};
 use crate::meta::{CacheRow, ProxiedRow};
+use crate::metrics::upstream as metrics;
 use crate::nix::nar::NarValidator;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signing::SecretKey;
@@ -310,16 +311,22 @@ impl Larder {
         key: FetchKey,
         spool: PathBuf,
     ) {
+        let running = self.metrics.upstream.running();
         let state = match self
             .fetch_and_commit(&row, &proxied, &tx, writer, &spool)
             .await
         {
-            Ok(()) => State::Done,
+            Ok(()) => {
+                (self.metrics.upstream).fetch_ended(&proxied.upstream_url, metrics::Fetch::checked);
+                State::Done
+            }
             Err(e) => {
+                (self.metrics.upstream).fetch_ended(&proxied.upstream_url, metrics::Fetch::failed);
                 tracing::warn!(cache = %row.name, store_path = %proxied.store_path, error = %e, "NAR from upstream not stored");
                 State::Failed(Arc::from(e.to_string()))
             }
         };
+        drop(running);
         tx.send_replace(state);
         if let Ok(mut running) = self.upstreams.fetches.running.lock() {
             running.remove(&key);
@@ -353,7 +360,7 @@ impl Larder {
         let resp = match self.upstreams.get(&url).await {
             Ok(r) => r,
             Err(e) => {
-                self.upstreams.note(&p.upstream_url, Err(&e));
+                self.note_upstream(&p.upstream_url, Err(&e));
                 return Err(e.into());
             }
         };
@@ -363,10 +370,10 @@ impl Larder {
                 url: url.clone(),
                 status,
             };
-            self.upstreams.note(&p.upstream_url, Err(&e));
+            self.note_upstream(&p.upstream_url, Err(&e));
             return Err(e.into());
         }
-        self.upstreams.note(&p.upstream_url, Ok(()));
+        self.note_upstream(&p.upstream_url, Ok(()));
 
         // Two stages: the decoder checks and spools at the upstream's pace (the
         // clients follow it); the chunk store ingests from the spool behind it.
@@ -401,6 +408,7 @@ impl Larder {
             irx
         };
         let timeout = self.upstreams.settings.timeout;
+        let fetched = self.metrics.upstream.fetched(&p.upstream_url);
         let mut body = resp.into_body();
         let pumped: Result<(), UpstreamError> = loop {
             match tokio::time::timeout(timeout, body.frame()).await {
@@ -423,6 +431,7 @@ impl Larder {
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
+                        fetched.inc_by(data.len() as u64);
                         if btx.send(Ok(data)).await.is_err() {
                             // The decoder stopped early; its error says why.
                             break Ok(());
@@ -436,7 +445,7 @@ impl Larder {
         let decoded = decode.await.map_err(internal).and_then(|r| r);
         let checked = match pumped {
             Err(e) => {
-                self.upstreams.note(&p.upstream_url, Err(&e));
+                self.note_upstream(&p.upstream_url, Err(&e));
                 Err(ServiceError::from(e))
             }
             Ok(()) => decoded,

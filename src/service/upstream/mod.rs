@@ -11,6 +11,7 @@ mod settings;
 
 pub use settings::{UpstreamFileConfig, UpstreamSettings};
 
+use crate::metrics::upstream::Lookup as Answer;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -456,6 +457,17 @@ impl Larder {
         Ok(answer)
     }
 
+    /// Note how a request to `upstream` went: its `upstream_up` figure, and the
+    /// outage log.
+    fn note_upstream(&self, upstream: &str, outcome: Result<(), &UpstreamError>) {
+        match outcome {
+            Err(e) if e.is_outage() => self.metrics.upstream.set_up(upstream, false),
+            Err(_) => {}
+            Ok(()) => self.metrics.upstream.set_up(upstream, true),
+        }
+        self.upstreams.note(upstream, outcome);
+    }
+
     /// Ask each upstream in turn; the first signed answer is recorded as a
     /// proxied path and returned as served. `None` (remembered for
     /// `negative_ttl`) when none has it.
@@ -467,7 +479,8 @@ impl Larder {
         for up in ordered(row) {
             match self.ask_upstream(row, up, path_hash).await {
                 Ok(Some(p)) => {
-                    self.upstreams.note(&up.url, Ok(()));
+                    self.metrics.upstream.lookup(&up.url, Answer::found);
+                    self.note_upstream(&up.url, Ok(()));
                     let text = Bytes::from(p.narinfo.clone());
                     let me = self.clone();
                     let id = row.id;
@@ -476,9 +489,18 @@ impl Larder {
                         .map_err(|e| ServiceError::Internal(format!("task failed: {e}")))??;
                     return Ok(Some(text));
                 }
-                Ok(None) => self.upstreams.note(&up.url, Ok(())),
+                Ok(None) => {
+                    self.metrics.upstream.lookup(&up.url, Answer::missing);
+                    self.note_upstream(&up.url, Ok(()));
+                }
                 Err(e) => {
-                    self.upstreams.note(&up.url, Err(&e));
+                    let result = if e.is_outage() {
+                        Answer::error
+                    } else {
+                        Answer::refused
+                    };
+                    self.metrics.upstream.lookup(&up.url, result);
+                    self.note_upstream(&up.url, Err(&e));
                     if !e.is_outage() {
                         tracing::warn!(cache = %row.name, path_hash, error = %e, "upstream answer refused");
                     }
