@@ -155,9 +155,18 @@ fn paint(line: &mut Vec<u8>, ansi: bool, style: &str, text: &str) {
     }
 }
 
-/// `s` as a JSON string (quoted and escaped).
+/// `s` as a JSON string (quoted and escaped). Most values (ids, names, paths)
+/// need no escaping and are copied as they are; the rest go through
+/// `serde_json`.
 fn json_str(line: &mut Vec<u8>, s: &str) {
-    if serde_json::to_writer(&mut *line, s).is_err() {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        line.reserve(s.len() + 2);
+        line.push(b'"');
+        line.extend_from_slice(s.as_bytes());
+        line.push(b'"');
+    } else if serde_json::to_writer(&mut *line, s).is_err() {
         line.extend_from_slice(b"\"\"");
     }
 }
@@ -245,5 +254,29 @@ impl Visit for TextFields<'_> {
         self.scratch.clear();
         let _ = write!(self.scratch, "{value:?}");
         self.field(field);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_str;
+
+    #[test]
+    fn json_strings_are_escaped_only_when_they_need_it() {
+        for s in [
+            "/team-a/abc.narinfo",
+            "",
+            "a\"quote",
+            "back\\slash",
+            "tab\there",
+            "ünïcode",
+            "\u{7f}del",
+        ] {
+            let mut line = Vec::new();
+            json_str(&mut line, s);
+            let back: String = serde_json::from_slice(&line).expect("valid JSON");
+            assert_eq!(back, s);
+            assert_eq!(line, serde_json::to_vec(s).expect("serialises"));
+        }
     }
 }
