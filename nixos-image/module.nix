@@ -273,6 +273,8 @@ in
         Restart = "on-failure";
         RestartSec = 5;
         TimeoutStopSec = 60;
+        # Every connection is a file; larder raises its soft limit to this.
+        LimitNOFILE = 65536;
 
         # The hardening list of nixpkgs' atticd module, but for ports below 1024.
         AmbientCapabilities = lib.mkIf lowPorts [ "CAP_NET_BIND_SERVICE" ];

@@ -107,6 +107,38 @@ fn init_logging(format: larder::config::LogFormat) -> super::log_writer::FlushGu
     guard
 }
 
+/// Raise the soft limit on open files to the hard limit: every connection is a
+/// file, and the soft limit systemd and most shells give (1024) is reached by a
+/// thousand idle keep-alive clients. The hard limit is left as it is (systemd's
+/// default is 524288; `LimitNOFILE=` sets it). Failing to raise it is logged.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed,
+    // which lives for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            tracing::warn!(
+                soft = lim.rlim_cur,
+                hard = lim.rlim_max,
+                "could not raise the open-files limit; connections beyond it are refused"
+            );
+        }
+    }
+}
+
 /// Read the admin token, creating it (0600) on first start. Returns the token
 /// and whether it was just created.
 fn admin_token(dir: &Path) -> anyhow::Result<(String, bool)> {
@@ -170,6 +202,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_metrics_listen(a.metrics_listen)?
         .with_log_format(a.log_format);
     let _log_writer = init_logging(config.log.format);
+    raise_open_files_limit();
     create_data_dir(&config.data_dir)?;
     let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     let declared_token = larder::bootstrap::admin_token(&config)?;
