@@ -393,11 +393,27 @@ fn a_chunk_shared_by_a_nar_and_an_s3_object_survives_deleting_either() {
 
 /// Rounds of the crash loop: `LARDER_GC_CRASH_ROUNDS` (bench/gc-crash.sh runs
 /// many), 3 by default in the suite.
-fn crash_rounds() -> usize {
-    std::env::var("LARDER_GC_CRASH_ROUNDS")
+/// `LARDER_GC_CRASH_<NAME>` as a number, else `default` (bench/gc-crash.sh sets
+/// them for the long run).
+fn crash_setting(name: &str, default: usize) -> usize {
+    std::env::var(format!("LARDER_GC_CRASH_{name}"))
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(default)
+}
+
+/// An S3 object's bytes through the aws cli, `None` when it is not there.
+fn s3_object(aws: &dyn Fn() -> std::process::Command, key: &str, to: &Path) -> Option<Vec<u8>> {
+    let _ = std::fs::remove_file(to);
+    let mut cmd = aws();
+    cmd.args([
+        "s3",
+        "cp",
+        &format!("s3://crash/{key}"),
+        &to.to_string_lossy(),
+    ]);
+    let out = crate::support::process::run(&mut cmd, std::time::Duration::from_secs(120));
+    out.success().then(|| std::fs::read(to).unwrap())
 }
 
 #[test]
@@ -421,11 +437,31 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
         dir.path(),
         "[gc]\ninterval = \"none\"\ncompact_below = \"95%\"\n",
     );
-    let mut server = Server::start_with_extra(Launch::Flags, &["--config", &cfg], &[]);
+    let mut server = Server::start_with_extra(
+        Launch::Flags,
+        &["--config", &cfg, "--s3-listen", "127.0.0.1:0"],
+        &[],
+    );
     server.create_cache("crash", false);
+    let rounds = crash_setting("ROUNDS", 3);
+    let late_pushes = crash_setting("PUSHES", 2);
+    let uploads = crash_setting("UPLOADS", 2);
+    eprintln!("{rounds} rounds, {late_pushes} pushes and {uploads} multipart uploads in each");
+    let s3_key =
+        crate::support::s3::create_key(&server, "crash", &[("*", "--read --write --owner")]);
+    let s3_work = dir.path().join("s3");
+    std::fs::create_dir_all(&s3_work).unwrap();
+    {
+        let endpoint = crate::support::s3::s3_endpoint(&server);
+        let mut mb = crate::support::s3::aws_command(&endpoint, &s3_key, &s3_work);
+        mb.args(["s3", "mb", "s3://crash"]);
+        crate::support::process::run(&mut mb, std::time::Duration::from_secs(60)).ok();
+    }
+    // Objects whose upload was acknowledged, with their bytes.
+    let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
     // Closures whose push was acknowledged and not deleted since.
     let mut live: Vec<(Nix, Closure)> = Vec::new();
-    for round in 0..crash_rounds() {
+    for round in 0..rounds {
         let cache = server.cache("crash");
         for k in 0..2 {
             let (n, c) = closure(&format!("crash-{round}-{k}"), 1 << 20);
@@ -439,7 +475,7 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
             .ok();
         // Concurrent pushes and passes, then kill -9 at a random instant.
         let mut pushes: Vec<(Nix, Closure, crate::support::process::Running)> = Vec::new();
-        for k in 0..2 {
+        for k in 0..late_pushes {
             let (n, c) = closure(&format!("crash-{round}-late{k}"), 1 << 20);
             let netrc = n.netrc(server.token());
             let running = n.spawn_copy_to(
@@ -449,6 +485,26 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
                 Some(&netrc),
             );
             pushes.push((n, c, running));
+        }
+        // And S3 multipart uploads (the aws cli splits anything over 8 MiB).
+        let endpoint = crate::support::s3::s3_endpoint(&server);
+        let mut puts = Vec::new();
+        for k in 0..uploads {
+            let name = format!("r{round}-{k}");
+            let file = s3_work.join(&name);
+            let data = crate::support::s3::random_file(
+                &file,
+                (9 << 20) + (k << 16),
+                seed ^ ((round * 64 + k) as u64),
+            );
+            let mut cmd = crate::support::s3::aws_command(&endpoint, &s3_key, &s3_work);
+            cmd.args([
+                "s3",
+                "cp",
+                &file.to_string_lossy(),
+                &format!("s3://crash/{name}"),
+            ]);
+            puts.push((name, data, crate::support::process::spawn(&mut cmd)));
         }
         let url = server.url().to_string();
         let token = server.token().to_string();
@@ -463,21 +519,73 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
                 }
             }
         });
-        std::thread::sleep(std::time::Duration::from_millis(next(600)));
-        // A push that finished successfully before the kill was acknowledged.
+        std::thread::sleep(std::time::Duration::from_millis(next(2500)));
+        // What finished before the kill was acknowledged; the rest may still be
+        // running (and retry against the restarted server: fine, not required).
+        let pushes: Vec<_> = pushes
+            .into_iter()
+            .map(|(n, c, mut running)| {
+                let done = running.finished();
+                (n, c, running, done)
+            })
+            .collect();
+        let puts: Vec<_> = puts
+            .into_iter()
+            .map(|(name, data, mut running)| {
+                let done = running.finished();
+                (name, data, running, done)
+            })
+            .collect();
+        server.kill9();
+        let _ = passes.join();
+        server.start_again();
         let mut acked = Vec::new();
-        for (n, c, mut running) in pushes {
-            let done = running.finished();
-            let out = running.wait(std::time::Duration::from_secs(120));
+        for (n, c, running, done) in pushes {
+            let out = running.wait(std::time::Duration::from_secs(180));
             if done && out.success() {
                 acked.push((n, c));
             }
         }
-        server.kill9();
-        let _ = passes.join();
+        let mut unacked = Vec::new();
+        let acked_puts = objects.len();
+        for (name, data, running, done) in puts {
+            let out = running.wait(std::time::Duration::from_secs(180));
+            if done && out.success() {
+                objects.push((name, data));
+            } else {
+                unacked.push((name, data));
+            }
+        }
+        eprintln!(
+            "round {round}: {} of {late_pushes} pushes and {} of {uploads} uploads acknowledged before the kill",
+            acked.len(),
+            objects.len() - acked_puts
+        );
         live.extend(acked);
-        server.start_again();
         let cache = server.cache("crash");
+        // Every acknowledged object whole; one not acknowledged whole or absent.
+        let endpoint = crate::support::s3::s3_endpoint(&server);
+        let aws = || crate::support::s3::aws_command(&endpoint, &s3_key, &s3_work);
+        let got = s3_work.join("got");
+        for (name, data) in &objects {
+            let back = s3_object(&aws, name, &got);
+            assert!(
+                back.as_deref() == Some(data.as_slice()),
+                "round {round} (seed {seed}): acknowledged object {name} is {}",
+                back.map_or("missing".to_string(), |b| format!(
+                    "{} bytes, not its own",
+                    b.len()
+                ))
+            );
+        }
+        for (name, data) in &unacked {
+            if let Some(back) = s3_object(&aws, name, &got) {
+                assert!(
+                    back == *data,
+                    "round {round} (seed {seed}): unacknowledged object {name} is visible but not whole"
+                );
+            }
+        }
         let v = server.local(&["verify", "--json"]).ok();
         assert_eq!(
             parse_json(&v)["nars_damaged"],

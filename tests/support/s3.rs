@@ -296,6 +296,15 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The aws cli as `key` against `endpoint`, its config kept under `work`: add
+/// the arguments, then run or spawn it.
+pub fn aws_command(endpoint: &str, key: &Key, work: &Path) -> Command {
+    let mut cmd = Command::new(AWS);
+    cmd.arg("--endpoint-url").arg(endpoint);
+    aws_env(&mut cmd, key, work);
+    cmd
+}
+
 fn aws_env(cmd: &mut Command, key: &Key, work: &Path) {
     cmd.env("AWS_ACCESS_KEY_ID", &key.id)
         .env("AWS_SECRET_ACCESS_KEY", &key.secret)
