@@ -475,8 +475,24 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
             .ok();
         // Concurrent pushes and passes, then kill -9 at a random instant.
         let mut pushes: Vec<(Nix, Closure, crate::support::process::Running)> = Vec::new();
-        for k in 0..late_pushes {
-            let (n, c) = closure(&format!("crash-{round}-late{k}"), 1 << 20);
+        // Every closure and file is made first, so that the clients all start
+        // together and the kill falls among them.
+        let closures: Vec<(Nix, Closure)> = (0..late_pushes)
+            .map(|k| closure(&format!("crash-{round}-late{k}"), 1 << 20))
+            .collect();
+        let files: Vec<(String, std::path::PathBuf, Vec<u8>)> = (0..uploads)
+            .map(|k| {
+                let name = format!("r{round}-{k}");
+                let file = s3_work.join(&name);
+                let data = crate::support::s3::random_file(
+                    &file,
+                    (9 << 20) + (k << 16),
+                    seed ^ ((round * 64 + k) as u64),
+                );
+                (name, file, data)
+            })
+            .collect();
+        for (n, c) in closures {
             let netrc = n.netrc(server.token());
             let running = n.spawn_copy_to(
                 &c.store,
@@ -489,14 +505,7 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
         // And S3 multipart uploads (the aws cli splits anything over 8 MiB).
         let endpoint = crate::support::s3::s3_endpoint(&server);
         let mut puts = Vec::new();
-        for k in 0..uploads {
-            let name = format!("r{round}-{k}");
-            let file = s3_work.join(&name);
-            let data = crate::support::s3::random_file(
-                &file,
-                (9 << 20) + (k << 16),
-                seed ^ ((round * 64 + k) as u64),
-            );
+        for (name, file, data) in files {
             let mut cmd = crate::support::s3::aws_command(&endpoint, &s3_key, &s3_work);
             cmd.args([
                 "s3",
@@ -519,7 +528,9 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
                 }
             }
         });
-        std::thread::sleep(std::time::Duration::from_millis(next(2500)));
+        // A random instant while they run (longer with more clients).
+        let span = 1000 + 150 * (late_pushes + uploads) as u64;
+        std::thread::sleep(std::time::Duration::from_millis(next(span)));
         // What finished before the kill was acknowledged; the rest may still be
         // running (and retry against the restarted server: fine, not required).
         let pushes: Vec<_> = pushes

@@ -12,6 +12,8 @@
 mod backend;
 mod chunker;
 mod error;
+#[cfg(test)]
+mod faults;
 mod gc;
 mod index;
 mod ingest;
