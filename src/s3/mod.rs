@@ -44,7 +44,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use s3s::config::{S3Config as WireConfig, StaticConfigProvider};
 use s3s::service::{S3Service, S3ServiceBuilder};
 
@@ -105,7 +105,7 @@ pub async fn serve(
                 let larder = larder.clone();
                 tokio::spawn(async move {
                     let conn = larder.metrics.connection();
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder = crate::http::conn::builder();
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let service = service.clone();
                         let larder = larder.clone();
