@@ -981,3 +981,153 @@ fn no_cache_name_discovery_through_status_or_body() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Sends `head` and the start of a body, then stops; returns what came back and
+/// when (status, body, seconds), or `None` when the connection just closed.
+fn stall(addr: &str, head: String, partial: &[u8]) -> (Option<(u16, String)>, Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(150))).unwrap();
+    let started = Instant::now();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(partial).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        // Complete once the head and its Content-Length of body are in.
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((h, b)) = text.split_once("\r\n\r\n") {
+            let len = h
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(usize::MAX);
+            if b.len() >= len {
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let answer = text.split_once("\r\n\r\n").map(|(h, b)| {
+        let status = h
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, b.to_string())
+    });
+    (answer, elapsed)
+}
+
+#[test]
+fn a_request_body_that_stops_arriving_is_refused_after_the_idle_timeout() {
+    let s3 = S3Larder::start();
+    let bucket = s3.aws(&s3.admin, &["s3", "mb", "s3://bkt"]);
+    assert!(bucket.success(), "{}", bucket.describe());
+    let server = &s3.server;
+    let addr = server.addr();
+    server.create_cache("main", false);
+    let token = server.token().to_string();
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let head = |method: &str, target: &str, ctype: &str, len: usize| {
+        format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{bearer}Content-Type: {ctype}\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let mut cases: Vec<(&str, String, String, Vec<u8>)> = vec![
+        (
+            "narinfo PUT",
+            addr.clone(),
+            head(
+                "PUT",
+                &format!("/main/{}.narinfo", "0".repeat(32)),
+                "text/x-nix-narinfo",
+                1000,
+            ),
+            b"StorePath: ".to_vec(),
+        ),
+        (
+            "NAR PUT",
+            addr.clone(),
+            head(
+                "PUT",
+                &format!("/main/nar/{}.nar", "1".repeat(32)),
+                "application/x-nix-nar",
+                100_000,
+            ),
+            nar_prefix(),
+        ),
+        (
+            "API JSON body",
+            addr.clone(),
+            head("POST", "/_api/v1/cache/main/pins", "application/json", 1000),
+            br#"{"paths":["#.to_vec(),
+        ),
+    ];
+    // A signed S3 PutObject that stops after 1000 of 100000 bytes.
+    let s3_addr = s3.addr();
+    let signer = s3.signer(&s3.admin);
+    let signed = signer.sign(
+        "PUT",
+        &s3_addr,
+        "/bkt/stalled",
+        "",
+        &[("content-length".to_string(), "100000".to_string())],
+        "UNSIGNED-PAYLOAD",
+        std::time::SystemTime::now(),
+    );
+    let mut s3_head = "PUT /bkt/stalled HTTP/1.1\r\ncontent-length: 100000\r\n".to_string();
+    for (k, v) in signed {
+        s3_head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s3_head.push_str("\r\n");
+    cases.push(("S3 PutObject", s3_addr.clone(), s3_head, vec![b's'; 1000]));
+
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(what, a, h, partial)| scope.spawn(move || (*what, stall(a, h.clone(), partial))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (what, (answer, elapsed)) in outcomes {
+        assert!(
+            elapsed >= Duration::from_secs(50) && elapsed < Duration::from_secs(120),
+            "{what}: ended after {elapsed:?} ({answer:?}), not about the 60 s body idle timeout"
+        );
+        let (status, body) = answer.unwrap_or_else(|| panic!("{what}: closed without an answer"));
+        assert!(
+            (400..500).contains(&status),
+            "{what}: expected a 4xx, got {status}: {body}"
+        );
+        assert!(
+            body.contains("no bytes") || body.contains("stopped") || body.contains("timed out"),
+            "{what}: the {status} does not say the body stalled: {body}"
+        );
+    }
+    // Nothing half-received became visible.
+    let ls = s3.aws(&s3.admin, &["s3", "ls", "s3://bkt"]);
+    assert!(ls.stdout.trim().is_empty(), "{}", ls.stdout);
+    let mut server = s3.server;
+    assert_up(&mut server);
+}
+
+/// The start of a valid NAR: one regular file of 1 MB, of which 1000 bytes.
+fn nar_prefix() -> Vec<u8> {
+    let mut out = Vec::new();
+    for word in ["nix-archive-1", "(", "type", "regular", "contents"] {
+        out.extend_from_slice(&(word.len() as u64).to_le_bytes());
+        out.extend_from_slice(word.as_bytes());
+        out.resize(out.len().div_ceil(8) * 8, 0);
+    }
+    out.extend_from_slice(&1_000_000u64.to_le_bytes());
+    out.extend_from_slice(&[b'n'; 1000]);
+    out
+}

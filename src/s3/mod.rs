@@ -113,7 +113,7 @@ pub async fn serve(
                             let started = std::time::Instant::now();
                             let head = req.method() == hyper::Method::HEAD;
                             let received = content_length(req.headers());
-                            let req = req.map(axum::body::Body::new);
+                            let req = req.map(|b| axum::body::Body::new(crate::http::conn::IdleTimeout::new(b)));
                             let (req, pending) = if larder.config.log.access {
                                 let (r, p) = crate::http::access::begin(
                                     req,
