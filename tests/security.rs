@@ -1131,3 +1131,78 @@ fn nar_prefix() -> Vec<u8> {
     out.extend_from_slice(&[b'n'; 1000]);
     out
 }
+
+#[test]
+fn a_write_without_rights_is_refused_before_its_body_is_read() {
+    let server = Server::start();
+    server.create_cache("main", false);
+    let reader = mint(&server, "reader", 3600, json!({"main": ["pull"]}));
+    let addr = server.addr();
+    let h = "0".repeat(32);
+    let put = |target: &str, auth: &str, ctype: &str, expect: bool| {
+        let expect = if expect {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "PUT {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {ctype}\r\n{expect}Content-Length: 60000000\r\n\r\n"
+        )
+    };
+    // Heads that announce a body just under the limit and wait for `100 Continue`
+    // (as curl, and so Nix, do): the refusal must come at once, without inviting
+    // a body the caller may not send.
+    for (who, auth, status) in [
+        ("no token", String::new(), 401),
+        (
+            "a pull-only token",
+            format!("Authorization: Bearer {reader}\r\n"),
+            403,
+        ),
+    ] {
+        for (what, target, ctype) in [
+            (
+                "narinfo",
+                format!("/main/{h}.narinfo"),
+                "text/x-nix-narinfo",
+            ),
+            (
+                "narinfo of a missing cache",
+                format!("/nosuch/{h}.narinfo"),
+                "text/x-nix-narinfo",
+            ),
+            ("log", format!("/main/log/{h}-x.drv"), "text/plain"),
+            ("NAR", format!("/main/nar/{h}.nar"), "application/x-nix-nar"),
+        ] {
+            let req = put(&target, &auth, ctype, true);
+            let started = Instant::now();
+            let o = http::raw(&addr, req.as_bytes(), false, Duration::from_secs(30));
+            let want = if what.contains("missing") {
+                401
+            } else {
+                status
+            };
+            let took = started.elapsed();
+            match &o {
+                RawOutcome::Response(r) if r.status == want && took < Duration::from_secs(5) => {}
+                _ => panic!("{what} PUT as {who}: expected {want} before any body, got {o:?} after {took:?}"),
+            }
+        }
+    }
+    // Without `Expect`, the refusal waits for the body only as long as the bounded
+    // drain (10 s), not for the body.
+    let req = put(
+        &format!("/main/{h}.narinfo"),
+        "",
+        "text/x-nix-narinfo",
+        false,
+    );
+    let started = Instant::now();
+    let o = http::raw(&addr, req.as_bytes(), false, Duration::from_secs(30));
+    assert_eq!(o.status(), Some(401), "{o:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
