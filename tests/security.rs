@@ -452,7 +452,8 @@ fn open_slow(addr: &str, n: usize) -> Vec<Slow> {
 }
 
 /// Sends the next byte on every open slow connection (never the final blank
-/// line), and notes the ones the server has closed.
+/// line; nothing when `request` is empty), and notes the ones the server has
+/// closed.
 fn dribble(slow: &mut [Slow], request: &[u8], started: Instant) {
     for s in slow.iter_mut().filter(|s| s.closed_at.is_none()) {
         let mut buf = [0u8; 4096];
@@ -462,17 +463,18 @@ fn dribble(slow: &mut [Slow], request: &[u8], started: Instant) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => false,
             Err(_) => true,
         };
-        let closed = closed || {
-            let i = s.sent % request.len();
-            match s.stream.write(&request[i..=i]) {
-                Ok(_) => {
-                    s.sent += 1;
-                    false
+        let closed = closed
+            || (!request.is_empty() && {
+                let i = s.sent % request.len();
+                match s.stream.write(&request[i..=i]) {
+                    Ok(_) => {
+                        s.sent += 1;
+                        false
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+                    Err(_) => true,
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-                Err(_) => true,
-            }
-        };
+            });
         if closed {
             s.closed_at = Some(started.elapsed());
         }
@@ -502,11 +504,19 @@ fn slow_clients_hold_no_worker_and_are_cut_off_after_the_header_timeout() {
     let started = Instant::now();
     let mut main_slow = open_slow(&addr, 200);
     let mut s3_slow = open_slow(&s3_addr, 100);
+    // Connections that send nothing at all, or the start of the HTTP/2 preface
+    // and then nothing: still no request, so cut off after the same timeout.
+    let mut silent = open_slow(&addr, 40);
+    silent.extend(open_slow(&s3_addr, 20));
+    for s in silent.iter_mut().step_by(2) {
+        s.stream.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    }
     // While they dribble, normal clients get their answers.
     let mut answered = 0;
     while started.elapsed() < Duration::from_secs(8) {
         dribble(&mut main_slow, &main_req, started);
         dribble(&mut s3_slow, &s3_req, started);
+        dribble(&mut silent, b"", started);
         let asked = Instant::now();
         let r = http::get(&cache.at("nix-cache-info"), Auth::None);
         assert_eq!(r.status, 200, "{}", r.text());
@@ -527,16 +537,17 @@ fn slow_clients_hold_no_worker_and_are_cut_off_after_the_header_timeout() {
     assert!(answered >= 5, "{answered}");
     let open = |v: &[Slow]| v.iter().filter(|s| s.closed_at.is_none()).count();
     assert_eq!(
-        open(&main_slow) + open(&s3_slow),
-        300,
+        open(&main_slow) + open(&s3_slow) + open(&silent),
+        360,
         "slow clients were cut off before the header timeout (they are within it)"
     );
     // Keep dribbling: the server must close them once its header read timeout
     // (30 s) has passed, though bytes keep arriving.
     let limit = Duration::from_secs(60);
-    while started.elapsed() < limit && open(&main_slow) + open(&s3_slow) > 0 {
+    while started.elapsed() < limit && open(&main_slow) + open(&s3_slow) + open(&silent) > 0 {
         dribble(&mut main_slow, &main_req, started);
         dribble(&mut s3_slow, &s3_req, started);
+        dribble(&mut silent, b"", started);
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(
@@ -551,9 +562,16 @@ fn slow_clients_hold_no_worker_and_are_cut_off_after_the_header_timeout() {
         "the S3 listener still holds {} of 100 connections that never finished their headers after {limit:?}",
         open(&s3_slow)
     );
+    assert_eq!(
+        open(&silent),
+        0,
+        "{} of 60 connections that sent nothing (or half an HTTP/2 preface) are still open after {limit:?}",
+        open(&silent)
+    );
     let first = main_slow
         .iter()
         .chain(s3_slow.iter())
+        .chain(silent.iter())
         .filter_map(|s| s.closed_at)
         .min()
         .unwrap();

@@ -1,11 +1,13 @@
 //! Serving connections for every listener (plain, HTTPS, the token-free metrics
 //! one and the S3 one): hyper's HTTP/1 and HTTP/2 with a header read timeout, so
 //! a client that opens a connection and sends its request head slowly (or never
-//! finishes it) is cut off instead of holding a socket and its buffer for ever,
+//! finishes it, or sends nothing at all) is cut off instead of holding a socket
+//! and its buffer for ever,
 //! and a request body that stops arriving ends in an error after
 //! [`BODY_IDLE_TIMEOUT`] instead of holding its handler.
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
 
 /// How long a client may take to send a whole request head (request line and
@@ -62,15 +65,19 @@ where
             () = &mut shutdown => break,
         };
         let router = router.clone();
-        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(|b| axum::body::Body::new(IdleTimeout::new(b)));
-            req.extensions_mut().insert(ConnectInfo(peer.clone()));
-            router.clone().oneshot(req)
-        });
-        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let Some(io) = sniff(io).await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let mut req = req.map(|b| axum::body::Body::new(IdleTimeout::new(b)));
+                req.extensions_mut().insert(ConnectInfo(peer.clone()));
+                router.clone().oneshot(req)
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -78,6 +85,102 @@ where
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The first bytes of an HTTP/2 connection without TLS (prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a new connection's first bytes, until they tell HTTP/1 from HTTP/2 (what
+/// hyper's protocol detection waits for, with no time limit of its own), within
+/// [`HEADER_READ_TIMEOUT`]. `None` (the connection is dropped) when the client
+/// sent too little in time or the read failed; otherwise the connection with
+/// those bytes put back in front.
+pub async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> Option<Prefixed<I>> {
+    let read = async {
+        let mut seen = Vec::with_capacity(H2_PREFACE.len());
+        let mut chunk = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = io.read(&mut chunk[..H2_PREFACE.len() - seen.len()]).await?;
+            seen.extend_from_slice(&chunk[..n]);
+            if n == 0 || seen.len() == H2_PREFACE.len() || !H2_PREFACE.starts_with(&seen) {
+                return Ok::<_, std::io::Error>(seen);
+            }
+        }
+    };
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, read).await {
+        Ok(Ok(seen)) => Some(Prefixed {
+            prefix: seen,
+            at: 0,
+            inner: io,
+        }),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection failed before its first request");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("connection closed: no request within the header read timeout");
+            None
+        }
+    }
+}
+
+/// A connection whose first bytes were read already ([`sniff`]) and are read again.
+pub struct Prefixed<I> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let rest = &this.prefix[this.at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// The error of a request body that stalled for [`BODY_IDLE_TIMEOUT`].

@@ -105,6 +105,9 @@ pub async fn serve(
                 let larder = larder.clone();
                 tokio::spawn(async move {
                     let conn = larder.metrics.connection();
+                    let Some(tcp) = crate::http::conn::sniff(tcp).await else {
+                        return;
+                    };
                     let builder = crate::http::conn::builder();
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let service = service.clone();
