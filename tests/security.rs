@@ -1224,3 +1224,19 @@ fn a_write_without_rights_is_refused_before_its_body_is_read() {
         started.elapsed()
     );
 }
+
+#[test]
+fn connections_that_sent_nothing_do_not_delay_a_stop() {
+    let mut server = Server::start();
+    let addr = server.addr();
+    // Held open, silent, across the stop.
+    let _silent: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    server.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopping took {:?} with silent connections open",
+        started.elapsed()
+    );
+}

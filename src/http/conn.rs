@@ -2,9 +2,8 @@
 //! one and the S3 one): hyper's HTTP/1 and HTTP/2 with a header read timeout, so
 //! a client that opens a connection and sends its request head slowly (or never
 //! finishes it, or sends nothing at all) is cut off instead of holding a socket
-//! and its buffer for ever,
-//! and a request body that stops arriving ends in an error after
-//! [`BODY_IDLE_TIMEOUT`] instead of holding its handler.
+//! and its buffer for ever, and a request body that stops arriving ends in an
+//! error after [`BODY_IDLE_TIMEOUT`] instead of holding its handler.
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -57,6 +56,8 @@ where
     L::Addr: Clone + Send + Sync + 'static,
 {
     let graceful = GracefulShutdown::new();
+    // Connections still in `sniff` (no request yet) end at once on shutdown.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let builder = builder();
     tokio::pin!(shutdown);
     loop {
@@ -67,8 +68,13 @@ where
         let router = router.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let Some(io) = sniff(io).await else {
+            let sniffed = tokio::select! {
+                sniffed = sniff(io) => sniffed,
+                _ = stop.wait_for(|stopping| *stopping) => None,
+            };
+            let Some(io) = sniffed else {
                 return;
             };
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -83,6 +89,7 @@ where
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
     graceful.shutdown().await;
     Ok(())
 }
