@@ -29,6 +29,7 @@ mod nix_eval;
 mod nix_files;
 mod readme;
 mod s3;
+mod security;
 mod side_files;
 mod substitution;
 mod tls;

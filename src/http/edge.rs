@@ -15,12 +15,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::{IncomingStream, ListenerExt};
+use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{router, ApiError};
@@ -181,8 +180,8 @@ pub(crate) async fn plain_edge(
     }
 }
 
-/// The peer of an HTTPS connection. A type of our own, because axum only knows
-/// how to find the peer address of its own listeners.
+/// The peer of an HTTPS connection ([`TlsListener`]'s address type; `conn::serve`
+/// puts it in each request's `ConnectInfo`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
@@ -203,18 +202,6 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(ClientAddr(self.0.local_addr()))
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        *stream.remote_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, super::metrics::Counted<TlsListener>>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, super::metrics::Counted<TlsListener>>) -> Self {
-        *stream.remote_addr()
     }
 }
 
@@ -258,20 +245,18 @@ pub async fn serve_tls(
     );
     let plain_router =
         router(larder.clone()).layer(axum::middleware::from_fn_with_state(edge, plain_edge));
-    let plain_server = axum::serve(
+    servers.spawn(super::conn::serve(
         plain,
-        plain_router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    servers.spawn(std::future::IntoFuture::into_future(plain_server));
+        plain_router,
+        stopped(stop_rx.clone()),
+    ));
     for listener in incoming {
         let r = router(larder.clone()).layer(axum::middleware::from_fn(bridge_connect_info));
-        let server = axum::serve(
+        servers.spawn(super::conn::serve(
             super::metrics::Counted::new(TlsListener(listener), larder.metrics.clone()),
-            r.into_make_service_with_connect_info::<ClientAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-        servers.spawn(std::future::IntoFuture::into_future(server));
+            r,
+            stopped(stop_rx.clone()),
+        ));
     }
     let mut result = Ok(());
     while let Some(joined) = servers.join_next().await {

@@ -191,9 +191,7 @@ pub async fn serve_open(
             )
         })
         .with_state(larder);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    super::conn::serve(listener, app, shutdown).await
 }
 
 /// A listener whose connections count in `larder_http_open_connections`.

@@ -4,6 +4,7 @@
 
 pub mod access;
 mod api;
+pub mod conn;
 mod dashboard;
 mod edge;
 mod error;
@@ -124,7 +125,8 @@ async fn close_after_refused_body(
     resp
 }
 
-/// Serve until `shutdown` resolves. Every accepted socket gets TCP_NODELAY.
+/// Serve until `shutdown` resolves. Every accepted socket gets TCP_NODELAY; a
+/// request head must arrive within [`conn::HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     larder: Arc<Larder>,
@@ -137,12 +139,7 @@ pub async fn serve(
             }
         },
     );
-    axum::serve(
-        listener,
-        router(larder).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    conn::serve(listener, router(larder), shutdown).await
 }
 
 /// Who is calling: a presented token must be valid, never silently anonymous.

@@ -115,11 +115,7 @@ async fn dispatch(
         }
         (Endpoint::CacheInfo, _, true) => {
             // Nix PUTs nix-cache-info when it finds none; larder writes its own.
-            blocking(&larder, move |l| {
-                l.authorize(&who, &cache, crate::auth::Permission::Push)
-                    .map(|_| ())
-            })
-            .await?;
+            authorize_push(&larder, &who, &cache).await?;
             Ok(ok_empty())
         }
         (Endpoint::AtticCacheInfo, true, _) => {
@@ -136,6 +132,7 @@ async fn dispatch(
         }
         (Endpoint::NarInfo(hash), _, true) => {
             require_type(&headers, NARINFO_TYPES)?;
+            authorize_push(&larder, &who, &cache).await?;
             let body = read_small_body(&headers, take(body)?, limit).await?;
             let enc = content_encoding(&headers)?;
             let hash = hash.clone();
@@ -219,6 +216,7 @@ async fn dispatch(
                     blocking(&larder, move |l| l.get_side(&who, &cache, kind, &key)).await?;
                 Ok(text(kind.content_type(), bytes, head))
             } else {
+                authorize_push(&larder, &who, &cache).await?;
                 let body = read_small_body(&headers, take(body)?, limit).await?;
                 let enc = content_encoding(&headers)?;
                 blocking(&larder, move |l| {
@@ -297,4 +295,20 @@ fn nar_response(nar: crate::service::NarResponse) -> Response {
         }
     }
     resp
+}
+
+/// Refuses a write by a caller without `push` on `cache` before its body is read,
+/// so a caller with no rights cannot make the server receive and buffer a body
+/// of up to `max_small_body` (the service checks again when it writes).
+async fn authorize_push(
+    larder: &Arc<Larder>,
+    who: &crate::auth::Caller,
+    cache: &str,
+) -> Result<(), ApiError> {
+    let (who, cache) = (who.clone(), cache.to_string());
+    blocking(larder, move |l| {
+        l.authorize(&who, &cache, crate::auth::Permission::Push)
+            .map(|_| ())
+    })
+    .await
 }

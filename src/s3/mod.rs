@@ -44,7 +44,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use s3s::config::{S3Config as WireConfig, StaticConfigProvider};
 use s3s::service::{S3Service, S3ServiceBuilder};
 
@@ -105,7 +105,10 @@ pub async fn serve(
                 let larder = larder.clone();
                 tokio::spawn(async move {
                     let conn = larder.metrics.connection();
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let Some(tcp) = crate::http::conn::sniff(tcp).await else {
+                        return;
+                    };
+                    let builder = crate::http::conn::builder();
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let service = service.clone();
                         let larder = larder.clone();
@@ -113,7 +116,7 @@ pub async fn serve(
                             let started = std::time::Instant::now();
                             let head = req.method() == hyper::Method::HEAD;
                             let received = content_length(req.headers());
-                            let req = req.map(axum::body::Body::new);
+                            let req = req.map(|b| axum::body::Body::new(crate::http::conn::IdleTimeout::new(b)));
                             let (req, pending) = if larder.config.log.access {
                                 let (r, p) = crate::http::access::begin(
                                     req,
