@@ -316,12 +316,13 @@ impl Larder {
             .fetch_and_commit(&row, &proxied, &tx, writer, &spool)
             .await
         {
-            Ok(()) => {
-                (self.metrics.upstream).fetch_ended(&proxied.upstream_url, metrics::Fetch::checked);
-                State::Done
-            }
+            Ok(()) => State::Done,
             Err(e) => {
-                (self.metrics.upstream).fetch_ended(&proxied.upstream_url, metrics::Fetch::failed);
+                // Counted as checked already when its clients were given all of it.
+                if !matches!(*tx.borrow(), State::Done) {
+                    (self.metrics.upstream)
+                        .fetch_ended(&proxied.upstream_url, metrics::Fetch::failed);
+                }
                 tracing::warn!(cache = %row.name, store_path = %proxied.store_path, error = %e, "NAR from upstream not stored");
                 State::Failed(Arc::from(e.to_string()))
             }
@@ -457,6 +458,7 @@ impl Larder {
             return Err(e);
         }
         // The body is the signed one: every client may have all of it now.
+        (self.metrics.upstream).fetch_ended(&p.upstream_url, metrics::Fetch::checked);
         tx.send_replace(State::Done);
         let stored = match ingest.await.map_err(internal)? {
             Ok(outcome) => {
