@@ -48,6 +48,21 @@ fn substitutes(nix: &Nix, server: &Server, cache: &Cache, path: &str, store: &st
     out.success()
 }
 
+/// Remove a client store (Nix leaves its directories read-only).
+fn remove_store(dir: &Path) {
+    fn writable(p: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                writable(&e.path());
+            }
+        }
+    }
+    writable(dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A closure of its own (each `Nix` environment salts its derivations).
 fn closure(test: &str, blob: usize) -> (Nix, Closure) {
     let nix = Nix::new(test);
@@ -612,11 +627,29 @@ fn kill9_at_random_points_of_gc_under_pushes_loses_no_live_path() {
                     "round {round} (seed {seed}): {p} lost"
                 );
             }
-            assert!(
-                substitutes(n, &server, &cache, &c.top, &format!("r{round}")),
-                "round {round} (seed {seed}): {} does not substitute",
-                c.top
+            let store = n.store(&format!("r{round}"));
+            let out = n.substitute(
+                &store,
+                &c.top,
+                &cache.url,
+                &cache.public_key,
+                Some(&n.netrc(server.token())),
             );
+            assert!(
+                out.success(),
+                "round {round} (seed {seed}): {} does not substitute: {}\nserver log tail:\n{}",
+                c.top,
+                out.describe(),
+                server
+                    .log()
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            // Every round substitutes every live closure again: keep the disk.
+            remove_store(&store);
         }
     }
     // One more pass with no crash leaves nothing reclaimable behind.
