@@ -279,7 +279,7 @@ pub fn range(data: &[u8]) {
     }
 }
 
-/// The token key the fuzzer's authority holds; written once into a temporary dir.
+/// The fuzzer's token authority, with a fresh key made in a temporary dir.
 fn authority() -> &'static (TokenAuthority, String) {
     static AUTH: OnceLock<(TokenAuthority, String)> = OnceLock::new();
     AUTH.get_or_init(|| {
@@ -288,7 +288,10 @@ fn authority() -> &'static (TokenAuthority, String) {
             panic!("creating {}: {e}", dir.display());
         }
         let admin = "fuzz-admin-token-0123456789".to_owned();
-        match TokenAuthority::open(&dir, Some(admin.clone())) {
+        let opened = TokenAuthority::open(&dir, Some(admin.clone()));
+        // The key is in memory now; nothing is left behind in the temporary dir.
+        let _ = std::fs::remove_dir_all(&dir);
+        match opened {
             Ok(a) => (a, admin),
             Err(e) => panic!("opening the token key in {}: {e}", dir.display()),
         }
