@@ -7,6 +7,8 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod meta;
 pub mod metrics;

@@ -148,7 +148,10 @@ fn appliance_scripts_pass_shellcheck() {
     let dir = appliance_dir();
     run(Command::new("shellcheck")
         .arg(dir.join("install.sh"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run.sh")))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run.sh"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz.sh"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/make-seeds.sh"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/run")))
     .ok();
 }
 

@@ -11,7 +11,7 @@ mod error;
 pub mod lifecycle;
 pub mod metrics;
 mod nix;
-mod path;
+pub(crate) mod path;
 mod s3_keys;
 
 pub use edge::{serve_tls, ClientAddr};

@@ -69,6 +69,8 @@ fn nar_file(s: &str) -> Result<String, ApiError> {
 
 fn output_name(s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
+        && s != "."
+        && s != ".."
         && s.len() <= 211
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));

@@ -298,10 +298,9 @@ impl NarValidator {
                     let take = remaining.min(data.len());
                     let (head, rest) = data.split_at(take);
                     if let Some(i) = head.iter().position(|&b| b != 0) {
-                        return Err(format!(
-                            "non-zero padding byte at byte {}",
-                            self.pos.saturating_add(i as u64)
-                        ));
+                        // Counted up to the offending byte, however the input was split.
+                        self.advance(i);
+                        return Err(format!("non-zero padding byte at byte {}", self.pos));
                     }
                     data = rest;
                     self.advance(take);

@@ -172,8 +172,12 @@ impl S3Host for HostStyle {
         };
         let name = name.trim_end_matches('.');
         if let Some(base) = &self.host {
-            if name.len() > base.len() + 1 {
-                let (head, tail) = name.split_at(name.len() - base.len());
+            // `split_at_checked`: a Host that is not ASCII must not split inside a
+            // character.
+            let split = (name.len() > base.len() + 1)
+                .then(|| name.split_at_checked(name.len() - base.len()))
+                .flatten();
+            if let Some((head, tail)) = split {
                 if tail.eq_ignore_ascii_case(base) {
                     if let Some(bucket) = head.strip_suffix('.') {
                         return Ok(VirtualHost::new(base.as_str()).with_bucket(bucket));

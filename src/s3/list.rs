@@ -264,7 +264,7 @@ pub(crate) async fn list_objects(
     }))
 }
 
-fn decode_token(t: &str) -> S3ApiResult<Vec<u8>> {
+pub(crate) fn decode_token(t: &str) -> S3ApiResult<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t.trim())
         .map_err(|_| {
@@ -272,7 +272,7 @@ fn decode_token(t: &str) -> S3ApiResult<Vec<u8>> {
         })
 }
 
-fn encode_token(after: &[u8]) -> String {
+pub(crate) fn encode_token(after: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(after)
 }
 

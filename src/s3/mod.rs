@@ -21,7 +21,7 @@
 //! store. This module does not touch the Nix protocol and the Nix side does not
 //! know it exists; they meet only in the chunk store. See `docs/design/s3.md`.
 
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod bucket;
 mod copy;
@@ -30,10 +30,10 @@ mod dispatch;
 mod error;
 mod get;
 pub mod keys;
-mod list;
-mod multipart;
-mod object;
-mod put;
+pub(crate) mod list;
+pub(crate) mod multipart;
+pub(crate) mod object;
+pub(crate) mod put;
 mod router;
 
 pub use auth::{HostStyle, S3Caller};
@@ -175,7 +175,7 @@ fn content_length(headers: &hyper::HeaderMap) -> u64 {
 /// ranges), so the request answers with the whole object, as RFC 9110 and S3 do;
 /// s3s would refuse the request instead. A Range the request's signature covers
 /// must stay (removing it would break the signature): s3s then answers 400.
-fn ignore_unusable_range(headers: &mut hyper::HeaderMap) {
+pub(crate) fn ignore_unusable_range(headers: &mut hyper::HeaderMap) {
     let signed = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -207,11 +207,13 @@ pub fn is_s3_host(host: &str, s3_host: &str) -> bool {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     };
-    let name = name.trim_end_matches('.');
-    name.eq_ignore_ascii_case(s3_host)
-        || (name.len() > s3_host.len() + 1
-            && name[name.len() - s3_host.len()..].eq_ignore_ascii_case(s3_host)
-            && name.as_bytes()[name.len() - s3_host.len() - 1] == b'.')
+    let name = name.trim_end_matches('.').as_bytes();
+    let base = s3_host.as_bytes();
+    // Compared as bytes: a Host that is not ASCII must not be cut inside a character.
+    name.eq_ignore_ascii_case(base)
+        || (name.len() > base.len() + 1
+            && name[name.len() - base.len()..].eq_ignore_ascii_case(base)
+            && name[name.len() - base.len() - 1] == b'.')
 }
 
 /// Answer one request of the main listener whose Host is the S3 host.

@@ -213,7 +213,7 @@ pub(crate) async fn upload_part(
 }
 
 /// `bytes=first-last` of x-amz-copy-source-range, within an object of `len`.
-fn copy_range(v: &str, len: u64) -> S3ApiResult<(u64, u64)> {
+pub(crate) fn copy_range(v: &str, len: u64) -> S3ApiResult<(u64, u64)> {
     let bad = || {
         S3ApiError::InvalidArgument(format!(
             "the x-amz-copy-source-range value must be of the form bytes=first-last within the source object of size {len}"

@@ -1,0 +1,4 @@
+//! Fuzz target: `larder::fuzzing::token` (what it checks is documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| larder::fuzzing::token(data));
